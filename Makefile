@@ -1,0 +1,52 @@
+# Every target does its own set-up: a fresh machine needs nothing installed by hand.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup control-plane test test-unit lint fmt demo demo-down bench-runtime clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+control-plane:
+	@hack/local-cluster.sh build >/dev/null
+
+setup: $(STAMP) control-plane
+
+test: setup
+	$(BIN)/pytest tests
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+demo: setup
+	$(BIN)/kaito dev up
+
+demo-down: $(STAMP)
+	$(BIN)/kaito dev down
+
+bench-runtime: setup
+	@echo "[bench-runtime] installing kopf (benchmark only)"
+	$(BIN)/pip install -q -c constraints.txt 'kopf==1.45.2'
+	@mkdir -p .kaito
+	$(BIN)/python tests/bench/bench_runtime.py --out .kaito/bench-runtime.md
+
+clean:
+	rm -rf $(VENV) .kaito .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""KAITO, the Kubernetes AI Toolchain Operator, in Python."""

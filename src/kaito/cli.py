@@ -1,0 +1,37 @@
+"""The ``kaito`` command: entry points for the two controllers and the dev tools.
+
+kaito dev up | down | status       the local development cluster (``make demo``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kaito.runtime import log as runtime_log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaito", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="the local development cluster")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    from kaito.dev import cli as dev_cli
+
+    dev_cli.add_commands(dev_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    runtime_log.configure()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
