@@ -1,0 +1,106 @@
+"""kaito.runtime: a controller-runtime-style reconciler library for asyncio.
+
+    from kaito.runtime import Manager, Request, Result, TerminalError
+
+    mgr = Manager(client, namespace="default")
+    mgr.controller("foo", reconcile).for_(FOOS).owns(DEPLOYMENTS)
+    await mgr.run()
+
+It imports nothing from the rest of ``kaito`` (an import-linter contract), so both
+controllers can stand on it without standing on each other. Design: RUNTIME.md.
+"""
+
+from kaito.runtime import metrics
+from kaito.runtime._clock import Clock, FakeClock, RealClock
+from kaito.runtime.cache import Cache, index_by_label
+from kaito.runtime.client import Client, ClientConfig, PatchType
+from kaito.runtime.controller import Controller
+from kaito.runtime.errors import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+)
+from kaito.runtime.events import EventRecorder, EventType
+from kaito.runtime.handler import (
+    EnqueueRequestForObject,
+    EnqueueRequestForOwner,
+    EnqueueRequestsFromMapFunc,
+)
+from kaito.runtime.informer import Informer
+from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
+from kaito.runtime.manager import CacheSyncTimeout, ControllerBuilder, Manager, ManagerOptions
+from kaito.runtime.predicate import (
+    AnnotationChanged,
+    GenerationChanged,
+    LabelChanged,
+    Predicate,
+    ResourceVersionChanged,
+    and_,
+    not_,
+    or_,
+)
+from kaito.runtime.ratelimit import (
+    BucketRateLimiter,
+    ItemExponentialFailureRateLimiter,
+    MaxOfRateLimiter,
+    RateLimiter,
+    default_controller_rate_limiter,
+)
+from kaito.runtime.reconcile import Request, Result, TerminalError
+from kaito.runtime.resource import Resource
+from kaito.runtime.workqueue import QueueShutDown, WorkQueue
+
+__all__ = [
+    "AlreadyExists",
+    "AnnotationChanged",
+    "ApiError",
+    "BucketRateLimiter",
+    "Cache",
+    "CacheSyncTimeout",
+    "Client",
+    "ClientConfig",
+    "Clock",
+    "Conflict",
+    "Controller",
+    "ControllerBuilder",
+    "EnqueueRequestForObject",
+    "EnqueueRequestForOwner",
+    "EnqueueRequestsFromMapFunc",
+    "EventRecorder",
+    "EventType",
+    "FakeClock",
+    "GenerationChanged",
+    "Gone",
+    "Informer",
+    "Invalid",
+    "ItemExponentialFailureRateLimiter",
+    "LabelChanged",
+    "LeaderElectionLost",
+    "LeaderElector",
+    "Manager",
+    "ManagerOptions",
+    "MaxOfRateLimiter",
+    "NotFound",
+    "PatchType",
+    "Predicate",
+    "QueueShutDown",
+    "RateLimiter",
+    "RealClock",
+    "Request",
+    "Resource",
+    "ResourceVersionChanged",
+    "Result",
+    "TerminalError",
+    "TooManyRequests",
+    "WorkQueue",
+    "and_",
+    "default_controller_rate_limiter",
+    "index_by_label",
+    "metrics",
+    "not_",
+    "or_",
+]

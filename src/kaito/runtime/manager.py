@@ -1,0 +1,335 @@
+"""The manager: owns the shared informers, the controllers, and the process lifecycle.
+
+Start order (each step waits for the one before):
+  1. the metrics server (:8080) and the probe server (:8081); ``/readyz`` fails until 3.
+  2. every informer LISTs and WATCHes; the event recorder starts.
+  3. wait until every informer has synced (timeout: ``cache_sync_timeout``, default 2 min).
+  4. leader election, when enabled: block until this replica holds the Lease.
+  5. the controllers' workers.
+
+Stop (``stop()``, SIGTERM in the CLI) runs in reverse: controllers take no new work and
+in-flight reconciles get ``graceful_shutdown_timeout`` (default 30 s) to finish; the
+Lease is released if ``leader_election_release_on_cancel``; informers and servers stop.
+Every task the manager starts lives in one TaskGroup, so nothing outlives ``run()``.
+
+Losing the Lease is different: another replica may already be reconciling, so the
+controllers are cancelled at once and ``run()`` raises `LeaderElectionLost` (the CLI
+exits non-zero and Kubernetes restarts the pod as a follower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from kaito.runtime import metrics
+from kaito.runtime._server import Check, HttpServer, metrics_app, parse_bind, probes_app
+from kaito.runtime.cache import IndexFunc
+from kaito.runtime.client import Client
+from kaito.runtime.controller import Controller, Reconciler
+from kaito.runtime.events import EventRecorder
+from kaito.runtime.handler import (
+    EnqueueRequestForObject,
+    EnqueueRequestForOwner,
+    EnqueueRequestsFromMapFunc,
+    MapFunc,
+)
+from kaito.runtime.informer import Informer
+from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
+from kaito.runtime.predicate import Predicate
+from kaito.runtime.resource import Resource
+
+log = structlog.get_logger("kaito.runtime.manager")
+
+T = TypeVar("T")
+
+
+class CacheSyncTimeout(RuntimeError):
+    """An informer did not finish its first LIST in time (RBAC or connectivity, usually)."""
+
+
+@dataclass
+class ManagerOptions:
+    metrics_bind_address: str = ":8080"
+    """Where /metrics listens; "0" disables. Default ":8080"."""
+    health_probe_bind_address: str = ":8081"
+    """Where /healthz and /readyz listen; "0" disables. Default ":8081"."""
+    namespace: str | None = None
+    """Watch only this namespace (namespaced resources); default None: all namespaces."""
+    cache_sync_timeout: float = 120.0
+    graceful_shutdown_timeout: float = 30.0
+    leader_election: bool = False
+    leader_election_id: str = ""
+    """The Lease's name; required when leader_election is on."""
+    leader_election_namespace: str = "default"
+    leader_election_release_on_cancel: bool = True
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    component: str = "kaito"
+    """The event source component and the default leader identity prefix."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Manager:
+    def __init__(self, client: Client, options: ManagerOptions | None = None, **kw: Any) -> None:
+        self.client = client
+        self.options = options or ManagerOptions(**kw)
+        self._informers: dict[tuple[Resource, str | None], Informer] = {}
+        self.controllers: list[Controller] = []
+        self.recorder = EventRecorder(client, component=self.options.component)
+        self._healthz: dict[str, Check] = {"ping": lambda: None}
+        self._readyz: dict[str, Check] = {"informers": self._informers_synced}
+        self._stop = asyncio.Event()
+        self._synced = False
+        self.metrics_server: HttpServer | None = None
+        self.probe_server: HttpServer | None = None
+        self.elector: LeaderElector | None = None
+        if self.options.leader_election:
+            if not self.options.leader_election_id:
+                raise ValueError("leader_election_id is required when leader_election is on")
+            self.elector = LeaderElector(
+                client,
+                name=self.options.leader_election_id,
+                namespace=self.options.leader_election_namespace,
+                lease_duration=self.options.lease_duration,
+                renew_deadline=self.options.renew_deadline,
+                retry_period=self.options.retry_period,
+            )
+
+    # -- wiring --------------------------------------------------------------------------
+
+    def informer(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        indexers: dict[str, IndexFunc] | None = None,
+    ) -> Informer:
+        """The shared informer for ``resource`` (one per resource and namespace)."""
+        ns = (
+            namespace
+            if namespace is not None
+            else (self.options.namespace if resource.namespaced else None)
+        )
+        key = (resource, ns)
+        inf = self._informers.get(key)
+        if inf is None:
+            inf = Informer(self.client, resource, namespace=ns)
+            self._informers[key] = inf
+        for name, fn in (indexers or {}).items():
+            if name not in inf.cache._indexers:
+                inf.cache.add_indexer(name, fn)
+        return inf
+
+    def controller(
+        self, name: str, reconciler: Reconciler, *, max_concurrent_reconciles: int = 1, **kw: Any
+    ) -> ControllerBuilder:
+        """Create a controller; wire its watches with the returned builder."""
+        if any(c.name == name for c in self.controllers):
+            raise ValueError(f"a controller named {name!r} already exists")
+        ctrl = Controller(
+            name, reconciler, max_concurrent_reconciles=max_concurrent_reconciles, **kw
+        )
+        self.controllers.append(ctrl)
+        return ControllerBuilder(self, ctrl)
+
+    def add_healthz_check(self, name: str, check: Check) -> None:
+        self._healthz[name] = check
+
+    def add_readyz_check(self, name: str, check: Check) -> None:
+        self._readyz[name] = check
+
+    def _informers_synced(self) -> str | None:
+        if self._synced:
+            return None
+        pending = [str(i.resource) for i in self._informers.values() if not i.has_synced]
+        return f"caches not synced: {', '.join(pending)}" if pending else "starting"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``run()`` to shut down gracefully; safe to call from a signal handler."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        opts = self.options
+        t0 = time.monotonic()
+        await self._start_servers()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                informer_tasks = [
+                    tg.create_task(inf.run(), name=f"informer {inf.resource}")
+                    for inf in self._informers.values()
+                ]
+                recorder_task = tg.create_task(self.recorder.run(), name="event-recorder")
+                await self._wait_synced()
+                self._synced = True
+                log.info(
+                    "caches synced",
+                    informers=len(informer_tasks),
+                    seconds=round(time.monotonic() - t0, 3),
+                )
+
+                lost = False
+                renew_task: asyncio.Task[None] | None = None
+                elector = self.elector
+                if elector is not None and await self._acquire_or_stop(elector):
+                    renew_task = tg.create_task(elector.renew_until_lost(), name="lease-renewal")
+
+                controller_tasks = []
+                if not self._stop.is_set():
+                    controller_tasks = [
+                        tg.create_task(c.run(), name=f"controller {c.name}")
+                        for c in self.controllers
+                    ]
+                    log.info("controllers started", controllers=[c.name for c in self.controllers])
+
+                lost = await self._wait_for_stop(renew_task)
+
+                # -- reverse order ---------------------------------------------------------
+                if lost:
+                    log.error("leader election lost, stopping controllers now")
+                    for t in controller_tasks:
+                        t.cancel()
+                else:
+                    log.info("stopping controllers", grace=opts.graceful_shutdown_timeout)
+                    await asyncio.gather(
+                        *(
+                            c.shutdown(grace=opts.graceful_shutdown_timeout)
+                            for c in self.controllers
+                        )
+                    )
+                    for t in controller_tasks:
+                        if not t.done():
+                            t.cancel()
+                await asyncio.gather(*controller_tasks, return_exceptions=True)
+                if renew_task is not None and not renew_task.done():
+                    renew_task.cancel()
+                    await asyncio.gather(renew_task, return_exceptions=True)
+                if self.elector is not None and not lost and opts.leader_election_release_on_cancel:
+                    await self.elector.release()
+                for t in informer_tasks:
+                    t.cancel()
+                recorder_task.cancel()
+        finally:
+            await self._stop_servers()
+        if lost:
+            raise LeaderElectionLost(
+                f"lost the lease {opts.leader_election_namespace}/{opts.leader_election_id}"
+            )
+        log.info("manager stopped")
+
+    async def _start_servers(self) -> None:
+        mb = parse_bind(self.options.metrics_bind_address)
+        if mb is not None:
+            self.metrics_server = HttpServer(metrics_app(metrics.REGISTRY), mb)
+            await self.metrics_server.start()
+        pb = parse_bind(self.options.health_probe_bind_address)
+        if pb is not None:
+            self.probe_server = HttpServer(probes_app(self._healthz, self._readyz), pb)
+            await self.probe_server.start()
+
+    async def _stop_servers(self) -> None:
+        for server in (self.probe_server, self.metrics_server):
+            if server is not None:
+                await server.stop()
+
+    async def _until_stopped(self, aw: Awaitable[T]) -> tuple[bool, T | None]:
+        """Run ``aw`` unless stop() comes first: (True, result) or (False, None)."""
+        task: asyncio.Future[T] = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        finally:
+            for t in (task, stop):
+                t.cancel()
+            await asyncio.gather(task, stop, return_exceptions=True)
+        if task.cancelled() or not task.done():
+            return False, None
+        return True, task.result()
+
+    async def _wait_synced(self) -> None:
+        timeout = self.options.cache_sync_timeout
+        informers = list(self._informers.values())
+        completed, synced = await self._until_stopped(
+            asyncio.gather(*(inf.wait_for_sync(timeout) for inf in informers))
+        )
+        if completed and not all(synced or ()):
+            pending = [str(i.resource) for i in informers if not i.has_synced]
+            raise CacheSyncTimeout(
+                f"caches did not sync within {timeout:.0f}s: {', '.join(pending)}"
+            )
+
+    async def _acquire_or_stop(self, elector: LeaderElector) -> bool:
+        """Block until leading (True) or until stop() is called (False)."""
+        if self._stop.is_set():
+            return False
+        completed, _ = await self._until_stopped(elector.acquire())
+        return completed
+
+    async def _wait_for_stop(self, renew_task: asyncio.Task[None] | None) -> bool:
+        """Wait for stop() or for the lease renewal to fail; return True if the lease was lost."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        waits: list[asyncio.Future[Any]] = [stop]
+        if renew_task is not None:
+            waits.append(renew_task)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.done():
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+        if renew_task is not None and renew_task.done():
+            exc = renew_task.exception() if not renew_task.cancelled() else None
+            return isinstance(exc, LeaderElectionLost) or (exc is None and not self._stop.is_set())
+        return False
+
+
+class ControllerBuilder:
+    """``mgr.controller(name, fn).for_(FOO).owns(DEPLOYMENTS).watches(NODES, map_fn)``."""
+
+    def __init__(self, manager: Manager, controller: Controller) -> None:
+        self.manager = manager
+        self.controller = controller
+        self._for: Resource | None = None
+
+    def for_(
+        self, resource: Resource, *, predicates: Sequence[Predicate] = ()
+    ) -> ControllerBuilder:
+        """Reconcile objects of ``resource`` themselves."""
+        if self._for is not None:
+            raise ValueError("for_() may be called once per controller")
+        self._for = resource
+        self.controller.watch(
+            self.manager.informer(resource), EnqueueRequestForObject(), predicates
+        )
+        return self
+
+    def owns(
+        self, resource: Resource, *, predicates: Sequence[Predicate] = ()
+    ) -> ControllerBuilder:
+        """Reconcile the ``for_`` object that is the controller owner of ``resource`` objects."""
+        if self._for is None:
+            raise ValueError("call for_() before owns()")
+        handler = EnqueueRequestForOwner(
+            self._for.group, self._for.kind, owner_namespaced=self._for.namespaced
+        )
+        self.controller.watch(self.manager.informer(resource), handler, predicates)
+        return self
+
+    def watches(
+        self, resource: Resource, map_fn: MapFunc, *, predicates: Sequence[Predicate] = ()
+    ) -> ControllerBuilder:
+        """Reconcile whatever ``map_fn`` maps each ``resource`` object to."""
+        self.controller.watch(
+            self.manager.informer(resource), EnqueueRequestsFromMapFunc(map_fn), predicates
+        )
+        return self
+
+    @property
+    def informers(self) -> Iterable[Informer]:
+        return self.controller.informers
