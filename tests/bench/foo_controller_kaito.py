@@ -21,14 +21,14 @@ from kaito.runtime.resource import DEPLOYMENTS, Resource
 FOOS = Resource(GROUP, VERSION, PLURAL, KIND)
 
 
-async def main(kubeconfig: str, namespace: str, probe_port: int) -> None:
+async def main(kubeconfig: str, namespace: str, probe_port: int, metrics_port: int) -> None:
     runtime_log.configure(json=True, level="warning")
     client = Client(await ClientConfig.from_kubeconfig(kubeconfig))
     mgr = Manager(
         client,
         ManagerOptions(
             namespace=namespace,
-            metrics_bind_address="0",
+            metrics_bind_address=f"127.0.0.1:{metrics_port}",
             health_probe_bind_address=f"127.0.0.1:{probe_port}",
         ),
     )
@@ -62,7 +62,7 @@ async def main(kubeconfig: str, namespace: str, probe_port: int) -> None:
             except NotFound:
                 return
 
-    mgr.controller("foo", reconcile, max_concurrent_reconciles=4).for_(FOOS).owns(DEPLOYMENTS)
+    mgr.controller("foo", reconcile, max_concurrent_reconciles=16).for_(FOOS).owns(DEPLOYMENTS)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, mgr.stop)
     try:
@@ -72,4 +72,4 @@ async def main(kubeconfig: str, namespace: str, probe_port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

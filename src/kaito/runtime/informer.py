@@ -155,7 +155,7 @@ class Informer:
     def add_handler(self, handler: EventHandler) -> None:
         """Register ``handler``; if the cache already holds objects, replay them as adds."""
         self._handlers.append(handler)
-        for obj in list(self.cache._items.values()):
+        for obj in self.cache.all():
             handler.on_add(obj)
 
     @property
@@ -298,7 +298,7 @@ class Informer:
         await self._synced.wait()
         while True:
             await asyncio.sleep(self._resync_period * random.uniform(0.9, 1.1))
-            for obj in list(self.cache._items.values()):
+            for obj in self.cache.all():
                 self._dispatch_update(obj, obj)
 
     # -- dispatch: a failing handler must not kill the informer ----------------------------
