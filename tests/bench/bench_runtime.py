@@ -221,7 +221,10 @@ class ControllerProcess:
 
         if self.framework != "kaito":
             return float("nan")
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r,
+        ):
             text = await r.text()
         return sum(
             sample.value
