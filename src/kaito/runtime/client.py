@@ -47,6 +47,10 @@ MAX_RETRIES = 10
 MAX_RETRY_AFTER = 30.0
 """The longest Retry-After we honour per attempt (seconds); longer values are clipped."""
 
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
+"""Per request (not watches): the apiserver itself gives up on non-watch requests at 60 s,
+so waiting longer only hides a dead connection."""
+
 
 class PatchType(enum.StrEnum):
     MERGE = "application/merge-patch+json"
@@ -152,6 +156,7 @@ class Client:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                timeout=REQUEST_TIMEOUT,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 headers={"User-Agent": self.config.user_agent, "Accept": "application/json"},
             )

@@ -42,6 +42,10 @@ Obj = dict[str, Any]
 Transform = Callable[[Obj], Obj]
 
 
+class ShortWatch(Exception):
+    """The server closed a watch at once without sending anything: back off, then re-watch."""
+
+
 class EventHandler(Protocol):
     """What an informer tells about each change. Never branch on which one fired for
     business logic (level-based: RUNTIME.md); handlers only decide what to enqueue."""
@@ -202,7 +206,7 @@ class Informer:
                     rv=self.resource_version,
                 )
                 await asyncio.sleep(self._backoff.next())
-            except (ApiError, aiohttp.ClientError, OSError, ValueError) as e:
+            except (ApiError, ShortWatch, aiohttp.ClientError, OSError, ValueError) as e:
                 delay = self._backoff.next()
                 log.warning(
                     "list/watch failed, backing off",
@@ -252,6 +256,7 @@ class Informer:
         timeout = random.randint(*self._watch_timeout)
         inactivity = random.uniform(*self._inactivity)
         started = time.monotonic()
+        events = 0
         async with self.client.watch(
             self.resource,
             self.namespace,
@@ -264,10 +269,15 @@ class Informer:
             while True:
                 event = await stream.next(inactivity_timeout=inactivity)
                 if event is None:
-                    if time.monotonic() - started > 1.0:
-                        self._backoff.reset()
-                    return
+                    break
+                events += 1
                 self._apply(event)
+        lasted = time.monotonic() - started
+        if lasted < 1.0 and events == 0:
+            # client-go's "very short watch": a server (or proxy) that closes at once
+            # must not be re-watched in a hot loop.
+            raise ShortWatch(f"watch closed after {lasted:.3f}s with no events")
+        self._backoff.reset()
 
     def _apply(self, event: Obj) -> None:
         etype = event.get("type")

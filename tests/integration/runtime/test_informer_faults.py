@@ -148,3 +148,23 @@ async def test_429_retry_after_is_honoured(server: ScriptedApiserver) -> None:
     assert elapsed >= 0.95, f"retried after {elapsed:.2f}s, before the server's Retry-After"
     calls = server.calls("GET", PATH)
     assert calls[1].at - calls[0].at >= 0.95
+
+
+async def test_watch_closed_at_once_is_retried_with_backoff_not_in_a_hot_loop(
+    server: ScriptedApiserver,
+) -> None:
+    server.on("GET", PATH, list_response([], rv="10"))
+    server.on("GET", WATCH, watch_stream())  # headers, then an immediate clean close
+    inf = Informer(
+        server.client(),
+        CONFIGMAPS,
+        namespace="default",
+        backoff=Backoff(initial=0.1, cap=0.4, jitter=0.0),
+    )
+    await run_until(inf, lambda: len(server.calls("GET", PATH, watch=True)) >= 4, timeout=10)
+    watches = server.calls("GET", PATH, watch=True)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(watches)]
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39, gaps
+    assert len(server.calls("GET", PATH, watch=False)) == 1, (
+        "a short watch is not a reason to relist"
+    )
