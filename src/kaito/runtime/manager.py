@@ -176,11 +176,10 @@ class Manager:
                     seconds=round(time.monotonic() - t0, 3),
                 )
 
-                lost = False
-                renew_task: asyncio.Task[None] | None = None
+                renew_task: asyncio.Task[bool] | None = None
                 elector = self.elector
                 if elector is not None and await self._acquire_or_stop(elector):
-                    renew_task = tg.create_task(elector.renew_until_lost(), name="lease-renewal")
+                    renew_task = tg.create_task(self._renew(elector), name="lease-renewal")
 
                 controller_tasks = []
                 if not self._stop.is_set():
@@ -273,8 +272,18 @@ class Manager:
         completed, _ = await self._until_stopped(elector.acquire())
         return completed
 
-    async def _wait_for_stop(self, renew_task: asyncio.Task[None] | None) -> bool:
-        """Wait for stop() or for the lease renewal to fail; return True if the lease was lost."""
+    @staticmethod
+    async def _renew(elector: LeaderElector) -> bool:
+        """Renew until the lease is lost; return True then. Catching the loss here keeps
+        it from aborting the TaskGroup: the manager decides how to stop."""
+        try:
+            await elector.renew_until_lost()
+        except LeaderElectionLost:
+            return True
+        return False  # pragma: no cover - renew_until_lost only returns by raising
+
+    async def _wait_for_stop(self, renew_task: asyncio.Task[bool] | None) -> bool:
+        """Wait for stop() or for the lease renewal to end; return True if the lease was lost."""
         stop = asyncio.ensure_future(self._stop.wait())
         waits: list[asyncio.Future[Any]] = [stop]
         if renew_task is not None:
@@ -283,10 +292,7 @@ class Manager:
         if not stop.done():
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
-        if renew_task is not None and renew_task.done():
-            exc = renew_task.exception() if not renew_task.cancelled() else None
-            return isinstance(exc, LeaderElectionLost) or (exc is None and not self._stop.is_set())
-        return False
+        return renew_task is not None and renew_task.done() and renew_task.result()
 
 
 class ControllerBuilder:
