@@ -1,0 +1,368 @@
+"""The Workspace custom resource (``workspaces.kaito.sh``): models, constants, CRD.
+
+A Workspace has no ``spec:`` wrapper: ``resource``, ``inference``, ``tuning`` and
+``status`` sit beside ``metadata``, exactly as Kaito's quick start writes them, so the
+manifests users already have keep working. ``v1alpha1`` (the quick start's) and
+``v1beta1`` are both served with the same schema; ``v1beta1`` is stored, because alpha
+versions are the first ones a cluster drops.
+
+The models parse what the apiserver returns (unknown fields ignored, camelCase on the
+wire, snake_case in Python) and generate the CRD's schema, so the two cannot drift.
+Semantic rules (known preset, enough GPU memory, immutable fields) are not here: they
+need the preset catalog and the SKU table, and live in the validating webhook
+(``kaito.controllers.workspace.validation``).
+
+Regenerate the committed CRD with ``python -m kaito.api.workspace`` (``--check``: exit 1
+when the committed file is stale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kaito.api._crd import (
+    AGE_COLUMN,
+    CrdSpec,
+    PrinterColumn,
+    condition_column,
+    custom_resource_definition,
+    to_yaml,
+)
+from kaito.runtime.resource import Resource
+
+GROUP = "kaito.sh"
+KIND = "Workspace"
+VERSIONS = ("v1alpha1", "v1beta1")
+STORAGE_VERSION = "v1beta1"
+
+WORKSPACES = Resource(GROUP, STORAGE_VERSION, "workspaces", KIND)
+"""The resource the controller reads and writes (the storage version)."""
+WORKSPACES_V1ALPHA1 = Resource(GROUP, "v1alpha1", "workspaces", KIND)
+"""The quick start's version: same schema, served side by side."""
+
+# -- annotations, labels, finalizer ---------------------------------------------------
+
+ANNOTATION_RUNTIME = "kaito.sh/runtime"
+"""``vllm`` | ``transformers``: overrides the engine the preset would run on."""
+ANNOTATION_ENABLE_LB = "kaito.sh/enablelb"
+"""``"True"``: the workspace's Service is of type LoadBalancer instead of ClusterIP."""
+ANNOTATION_BYPASS_RESOURCE_CHECKS = "kaito.sh/bypass-resource-checks"
+"""``"True"``: skip the GPU count/memory checks of the webhook (for SKUs that lie)."""
+ANNOTATION_REVISION = "workspace.kaito.io/hash"
+"""The hash of (resource, inference, tuning); a change rolls the workload."""
+
+LABEL_WORKSPACE = "kaito.sh/workspace"
+LABEL_WORKSPACE_NAMESPACE = "kaito.sh/workspacenamespace"
+FINALIZER = "workspace.finalizer.kaito.sh"
+
+MAX_ADAPTERS = 10
+
+
+class ConditionType(enum.StrEnum):
+    MACHINE_READY = "MachineReady"
+    RESOURCE_READY = "ResourceReady"
+    INFERENCE_READY = "InferenceReady"
+    JOB_STARTED = "JobStarted"
+    WORKSPACE_READY = "WorkspaceReady"
+    WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
+    """Mirrors WorkspaceReady, for clients written against newer Kaito releases."""
+    WORKSPACE_DELETING = "WorkspaceDeleting"
+
+
+class Runtime(enum.StrEnum):
+    """The inference engine a preset runs on (images/inference ``--engine``)."""
+
+    VLLM = "vllm"
+    TRANSFORMERS = "transformers"
+
+
+class TuningMethod(enum.StrEnum):
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+# -- models ---------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    """camelCase on the wire; unknown fields ignored (the apiserver prunes them anyway)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ObjectMeta(_Model):
+    """The parts of metav1.ObjectMeta the operator reads; the rest is kept as extra."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str = ""
+    namespace: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str = ""
+    resource_version: str = ""
+    generation: int = 0
+    finalizers: list[str] = Field(default_factory=list)
+    deletion_timestamp: str | None = None
+
+
+class LabelSelectorRequirement(_Model):
+    key: str = Field(description="The label key that the selector applies to.")
+    operator: str = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] = Field(default_factory=list, description="The values for In/NotIn.")
+
+
+class LabelSelector(_Model):
+    """metav1.LabelSelector."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must carry, all of them."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, description="Label selector requirements, ANDed."
+    )
+
+
+class ResourceSpec(_Model):
+    """How many GPU nodes of which size; short ones are provisioned as Machines."""
+
+    count: int = Field(default=1, ge=1, description="The number of GPU nodes. Defaults to 1.")
+    instance_type: str = Field(
+        default="Standard_NC24ads_A100_v4",
+        description="The GPU node size (an Azure VM SKU). Defaults to Standard_NC24ads_A100_v4.",
+    )
+    label_selector: LabelSelector = Field(
+        description="Labels the workspace's GPU nodes carry (and Machines are given)."
+    )
+    preferred_nodes: list[str] = Field(
+        default_factory=list,
+        description="Existing nodes to use first; nodes without the required labels are ignored.",
+    )
+
+
+class PresetOptions(_Model):
+    image: str = Field(
+        default="", description="The model image; required when accessMode is private."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets in the workspace's namespace to pull it."
+    )
+
+
+class PresetSpec(_Model):
+    """A model from the preset catalog, by name."""
+
+    name: str = Field(description="The preset's name, e.g. phi-3-mini-4k-instruct.")
+    access_mode: Literal["public", "private"] = Field(
+        default="public",
+        description="public: the catalog's image; private: presetOptions.image. Default public.",
+    )
+    preset_options: PresetOptions | None = Field(
+        default=None, description="Image overrides for private access."
+    )
+
+    @property
+    def options(self) -> PresetOptions:
+        return self.preset_options or PresetOptions()
+
+
+class DataSource(_Model):
+    """Where data comes from: exactly one of urls, image, volumeSource."""
+
+    name: str = Field(
+        default="", description="The data set's name (a DNS-1123 subdomain; also a container name)."
+    )
+    urls: list[str] = Field(default_factory=list, description="Public http(s) URLs to download.")
+    volume_source: dict[str, Any] | None = Field(
+        default=None,
+        description="A volume (corev1.VolumeSource) holding the data.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    image: str = Field(default="", description="An image with the data under /data.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets in the workspace's namespace to pull it."
+    )
+
+
+class DataDestination(_Model):
+    """Where tuning output goes: exactly one of image (with imagePushSecret), volumeSource."""
+
+    volume_source: dict[str, Any] | None = Field(
+        default=None,
+        description="A volume (corev1.VolumeSource) the adapter is written to.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    image: str = Field(default="", description="The image the adapter is pushed to.")
+    image_push_secret: str = Field(
+        default="", description="Secret in the workspace's namespace with push credentials."
+    )
+
+
+class AdapterSpec(_Model):
+    source: DataSource | None = Field(default=None, description="Where the adapter comes from.")
+    strength: str | None = Field(
+        default=None,
+        description="Multiplier of the adapter weights, a float in [0, 1] as a string.",
+    )
+
+
+class InferenceSpec(_Model):
+    """Serve a model: exactly one of preset and template."""
+
+    preset: PresetSpec | None = Field(default=None, description="A catalog model, served by KAITO.")
+    template: dict[str, Any] | None = Field(
+        default=None,
+        description="A PodTemplateSpec for a custom image (its container listens on 5000).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    config: str = Field(
+        default="",
+        description="A ConfigMap in the namespace with inference_config.yaml (overrides).",
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, description="LoRA adapters served with the model (at most 10)."
+    )
+
+
+class TuningSpec(_Model):
+    """Fine-tune a preset model and publish the adapter."""
+
+    preset: PresetSpec | None = Field(default=None, description="The base model to tune.")
+    method: str = Field(default="", description="lora or qlora.")
+    config: str = Field(
+        default="", description="A ConfigMap in the namespace with training_config.yaml."
+    )
+    input: DataSource | None = Field(default=None, description="The training data.")
+    output: DataDestination | None = Field(default=None, description="Where the adapter goes.")
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str = Field(description="The condition's type, e.g. ResourceReady.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase word for the last transition.")
+    message: str = Field(description="What happened and what to do about it.")
+    last_transition_time: str = Field(
+        description="When the status last changed.", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was set for."
+    )
+
+
+class WorkspaceStatus(_Model):
+    worker_nodes: list[str] = Field(
+        default_factory=list, description="The nodes the workload runs on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="The workspace's conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class Workspace(_Model):
+    """A Workspace object as the apiserver stores it."""
+
+    api_version: str = Field(default=f"{GROUP}/{STORAGE_VERSION}")
+    kind: str = Field(default=KIND)
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    resource: ResourceSpec = Field(description="The GPU nodes the workload needs.")
+    inference: InferenceSpec | None = Field(
+        default=None, description="Serve a model (exclusive with tuning)."
+    )
+    tuning: TuningSpec | None = Field(
+        default=None, description="Fine-tune a model (exclusive with inference)."
+    )
+    status: WorkspaceStatus | None = Field(
+        default=None, description="What the controller observed."
+    )
+
+    @property
+    def bypass_resource_checks(self) -> bool:
+        return _truthy(self.metadata.annotations.get(ANNOTATION_BYPASS_RESOURCE_CHECKS))
+
+    @property
+    def enable_load_balancer(self) -> bool:
+        return _truthy(self.metadata.annotations.get(ANNOTATION_ENABLE_LB))
+
+
+# -- the CRD --------------------------------------------------------------------------
+
+CRD_SPEC = CrdSpec(
+    group=GROUP,
+    kind=KIND,
+    plural="workspaces",
+    singular="workspace",
+    versions=VERSIONS,
+    storage_version=STORAGE_VERSION,
+    short_names=("wk", "wks"),
+    categories=("workspace",),
+    printer_columns=(
+        PrinterColumn(name="Instance", json_path=".resource.instanceType"),
+        condition_column("ResourceReady", ConditionType.RESOURCE_READY),
+        condition_column("InferenceReady", ConditionType.INFERENCE_READY),
+        condition_column("JobStarted", ConditionType.JOB_STARTED),
+        condition_column("WorkspaceReady", ConditionType.WORKSPACE_READY),
+        AGE_COLUMN,
+    ),
+)
+
+CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crds" / "kaito.sh_workspaces.yaml"
+
+CRD_HEADER = (
+    "Generated by `python -m kaito.api.workspace` from the pydantic models in\n"
+    "src/kaito/api/workspace.py; do not edit.\n"
+    "`python -m kaito.api.workspace --check` (a unit test) fails when this file is stale."
+)
+
+
+def crd() -> dict[str, Any]:
+    """The Workspace CustomResourceDefinition."""
+    return custom_resource_definition(CRD_SPEC, Workspace)
+
+
+def crd_yaml() -> str:
+    """The committed ``deploy/crds/kaito.sh_workspaces.yaml``, byte for byte."""
+    return to_yaml(crd(), header=CRD_HEADER)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kaito.api.workspace", description="Write or check the Workspace CRD."
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    parser.add_argument("--out", type=Path, default=CRD_PATH, help=f"default {CRD_PATH}")
+    args = parser.parse_args(argv)
+    want = crd_yaml()
+    if args.check:
+        have = args.out.read_text() if args.out.exists() else ""
+        if have != want:
+            print(f"{args.out} is stale: run `python -m kaito.api.workspace`", file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(want)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the generator's entry point
+    sys.exit(main())
