@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     from kaito.dev import cli as dev_cli
 
     dev_cli.add_commands(dev_sub)
+    from kaito.provisioner import cli as provisioner_cli
+
+    provisioner_cli.add_commands(sub)
+    provisioner_cli.add_dev_commands(dev_sub)
     return parser
 
 

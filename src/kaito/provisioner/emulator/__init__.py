@@ -1,0 +1,9 @@
+"""An emulated AKS agent-pool API (ARM wire protocol over HTTPS) that registers Nodes.
+
+Used by the tests, the local dev cluster and ``kaito dev aks-emulator``; see `server`.
+"""
+
+from kaito.provisioner.emulator.faults import Fault, FaultKind, Op
+from kaito.provisioner.emulator.server import AKSEmulator, EmulatorConfig, RecordedRequest
+
+__all__ = ["AKSEmulator", "EmulatorConfig", "Fault", "FaultKind", "Op", "RecordedRequest"]
