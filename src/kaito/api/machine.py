@@ -15,7 +15,6 @@ admitted so that they can carry a condition that says what is wrong with them.
 
 from __future__ import annotations
 
-import argparse
 import decimal
 import enum
 import re
@@ -29,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from kaito.api._crd import write_or_check
 from kaito.runtime.resource import Resource
 
 __all__ = [
@@ -423,24 +423,9 @@ def crd_yaml() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kaito.api.machine", description="Write or check the Machine CRD."
+    return write_or_check(
+        crd_yaml, default_path=CRD_PATH, prog="python -m kaito.api.machine", argv=argv
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    parser.add_argument("--out", type=Path, default=CRD_PATH, help=f"default {CRD_PATH}")
-    args = parser.parse_args(argv)
-    want = crd_yaml()
-    if args.check:
-        have = args.out.read_text() if args.out.exists() else ""
-        if have != want:
-            print(f"{args.out} is stale: run `python -m kaito.api.machine`", file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date")
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(want)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

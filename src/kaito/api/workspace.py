@@ -18,7 +18,6 @@ when the committed file is stale).
 
 from __future__ import annotations
 
-import argparse
 import enum
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from kaito.api._crd import (
     condition_column,
     custom_resource_definition,
     to_yaml,
+    write_or_check,
 )
 from kaito.runtime.resource import Resource
 
@@ -344,24 +344,9 @@ def crd_yaml() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kaito.api.workspace", description="Write or check the Workspace CRD."
+    return write_or_check(
+        crd_yaml, default_path=CRD_PATH, prog="python -m kaito.api.workspace", argv=argv
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    parser.add_argument("--out", type=Path, default=CRD_PATH, help=f"default {CRD_PATH}")
-    args = parser.parse_args(argv)
-    want = crd_yaml()
-    if args.check:
-        have = args.out.read_text() if args.out.exists() else ""
-        if have != want:
-            print(f"{args.out} is stale: run `python -m kaito.api.workspace`", file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date")
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(want)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - the generator's entry point

@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 import yaml
 
-from kaito.dev.pki import CertificateAuthority, write_rsa_keypair
+from kaito.runtime.pki import CertificateAuthority, write_rsa_keypair
 
 log = structlog.get_logger("kaito.dev.controlplane")
 

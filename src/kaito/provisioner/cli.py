@@ -141,7 +141,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
 
     directory: Path = args.dir.resolve()
     hosts = sorted({args.host, "127.0.0.1", "localhost"})
-    cert, key = write_self_signed(directory, hosts)
+    ca, cert, key = write_self_signed(directory, hosts)
     config = EmulatorConfig(
         subscription_id=args.subscription_id,
         resource_group=args.resource_group,
@@ -159,7 +159,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         await emulator.start()
         env = {
             "ARM_BASE_URL": emulator.url,
-            "ARM_CA_BUNDLE": str(cert),
+            "ARM_CA_BUNDLE": str(ca),
             "ARM_STATIC_TOKEN": "aks-emulator",
             "ARM_SUBSCRIPTION_ID": config.subscription_id,
             "ARM_RESOURCE_GROUP": config.resource_group,

@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 from kaito.api.machine import CRD_PATH, MACHINES
-from kaito.dev.pki import CertificateAuthority
 from kaito.provisioner.app import Provisioner
 from kaito.provisioner.azure import AzureAgentPoolAPI, StaticTokenCredential
 from kaito.provisioner.config import ProvisionerConfig
@@ -37,6 +36,7 @@ from kaito.provisioner.emulator.nodes import node_resource_group
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, NotFound
 from kaito.runtime.manager import ManagerOptions
+from kaito.runtime.pki import CertificateAuthority
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
 
 Obj = dict[str, Any]

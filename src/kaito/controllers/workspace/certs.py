@@ -15,20 +15,16 @@ import base64
 import datetime as dt
 import ipaddress
 import ssl
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, Conflict, NotFound
+from kaito.runtime.pki import CertificateAuthority, server_ssl_context
 from kaito.runtime.resource import SECRETS
 
 log = structlog.get_logger("kaito.controllers.workspace.certs")
@@ -64,16 +60,7 @@ class ServingCertificate:
         return all(_host_key(h) in names for h in hosts)
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        # ssl loads keys only from files: a private temporary directory, gone at once.
-        with tempfile.TemporaryDirectory(prefix="kaito-webhook-") as tmp:
-            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-            cert.write_bytes(self.cert_pem)
-            key.touch(mode=0o600)
-            key.write_bytes(self.key_pem)
-            ctx.load_cert_chain(cert, key)
-        return ctx
+        return server_ssl_context(self.cert_pem, self.key_pem)
 
 
 def _host_key(host: str) -> str:
@@ -85,61 +72,9 @@ def _host_key(host: str) -> str:
 
 def generate_certificate(hosts: Sequence[str]) -> ServingCertificate:
     """A new CA (EC P-256) and a serving certificate for ``hosts`` (DNS names or IPs)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kaito-workspace-webhook-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    return ServingCertificate(
-        ca_pem=ca.public_bytes(pem),
-        cert_pem=cert.public_bytes(pem),
-        key_pem=key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+    ca = CertificateAuthority.create("kaito-workspace-webhook-ca", validity=CERT_VALIDITY)
+    cert_pem, key_pem = ca.issue_serving(hosts[0], hosts, validity=CERT_VALIDITY)
+    return ServingCertificate(ca_pem=ca.cert_pem, cert_pem=cert_pem, key_pem=key_pem)
 
 
 def _from_secret(secret: dict[str, Any]) -> ServingCertificate | None:

@@ -1,14 +1,18 @@
-"""Certificates for local servers: a throwaway CA and the certificates it signs.
+"""A CA of our own and the serving certificates it signs.
 
-The local control plane, and later the webhook and the AKS emulator, serve HTTPS on
-loopback. Each gets a certificate from one CA made per cluster, so clients verify TLS
-for real (no ``insecure-skip-tls-verify``) with the CA in the kubeconfig.
+Three servers need one: the local control plane (its apiserver), the workspace
+webhook (the apiserver trusts exactly the caBundle it is given, so the webhook makes its
+own CA) and the AKS emulator (the Azure SDK sends bearer tokens over HTTPS only). Clients
+verify TLS for real against the CA, never with verification turned off.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_VALIDITY = dt.timedelta(days=365)
+DEFAULT_VALIDITY = dt.timedelta(days=365)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -36,7 +40,9 @@ class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, common_name: str = "kaito-local-ca") -> CertificateAuthority:
+    def create(
+        cls, common_name: str = "kaito-local-ca", *, validity: dt.timedelta = DEFAULT_VALIDITY
+    ) -> CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = dt.datetime.now(dt.UTC)
@@ -47,8 +53,8 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -71,7 +77,13 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue_serving(self, common_name: str, hosts: list[str]) -> tuple[bytes, bytes]:
+    def issue_serving(
+        self,
+        common_name: str,
+        hosts: Sequence[str],
+        *,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+    ) -> tuple[bytes, bytes]:
         """A serving certificate for ``hosts`` (IPs or DNS names): (cert PEM, key PEM)."""
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
@@ -88,7 +100,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
@@ -114,3 +126,17 @@ def write_rsa_keypair(private_path: Path, public_path: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def server_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A TLS 1.2+ server context from PEM bytes (``ssl`` loads keys only from files, so
+    they pass through a private temporary directory that is removed at once)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="kaito-tls-") as tmp:
+        cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(cert, key)
+    return ctx
