@@ -22,19 +22,22 @@ setup: $(STAMP) control-plane
 
 test: setup
 	$(BIN)/pytest tests
+	$(MAKE) test-inference
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests images
+	$(BIN)/ruff format --check src tests images
 	$(BIN)/mypy
-	$(BIN)/lint-imports
+	# The images' heavy dependencies (torch, vllm) live in .venv-inference, so here they are Any.
+	$(BIN)/mypy --disallow-untyped-defs --allow-subclassing-any images/inference/kaito_inference images/tuning/kaito_tuning
+	PYTHONPATH=images/inference:images/tuning $(BIN)/lint-imports
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests images
+	$(BIN)/ruff check --fix src tests images
 
 demo: setup
 	$(BIN)/kaito dev up
@@ -48,5 +51,7 @@ bench-runtime: setup
 	@mkdir -p .kaito
 	$(BIN)/python tests/bench/bench_runtime.py --out .kaito/bench-runtime.md
 
-clean:
+clean: clean-inference
 	rm -rf $(VENV) .kaito .pytest_cache .mypy_cache .ruff_cache
+
+include mk/inference.mk

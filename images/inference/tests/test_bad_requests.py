@@ -1,0 +1,181 @@
+"""Bad input gets a 4xx in OpenAI's error shape with a message that says what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from harness import MAX_CONCURRENT, MAX_MODEL_LEN, MAX_REQUEST_BYTES, wait_idle
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json_is_a_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions",
+        content=b'{"model": "tiny", "messages": [',
+        headers={"Content-Type": "application/json"},
+    )
+    error = error_of(response, 400)
+    assert "not valid JSON" in error["message"]
+    assert error["type"] == "invalid_request_error"
+    not_an_object = http.post("/v1/completions", content=b"[1, 2]")
+    assert "JSON object" in error_of(not_an_object, 400)["message"]
+
+
+def test_unknown_model_is_a_400_naming_the_models(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="gpt-17", messages=MESSAGES, max_tokens=2)
+    assert info.value.status_code == 400
+    assert "'gpt-17' does not exist" in info.value.message
+    assert "tiny" in info.value.message
+    assert "alpha" in info.value.message
+    assert info.value.code == "model_not_found"
+
+
+def test_negative_max_tokens_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=-1)
+    assert "'max_tokens' must be at least 1" in info.value.message
+    assert info.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+
+
+def test_prompt_longer_than_the_context_is_a_400(client: openai.OpenAI) -> None:
+    long_prompt = "hello " * (MAX_MODEL_LEN + 100)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": long_prompt}], max_tokens=4
+        )
+    assert f"maximum context length is {MAX_MODEL_LEN} tokens" in info.value.message
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_prompt_plus_max_tokens_beyond_the_context_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny", prompt="hello", max_tokens=MAX_MODEL_LEN)
+    assert "in the completion" in info.value.message
+
+
+def test_oversized_body_is_a_413(http: httpx.Client) -> None:
+    body = b'{"model": "tiny", "prompt": "' + b"a" * (MAX_REQUEST_BYTES + 1) + b'"}'
+    error = error_of(http.post("/v1/completions", content=body), 413)
+    assert "too large" in error["message"]
+    chunked = http.post("/v1/completions", content=iter([body[:1000], body[1000:]]))
+    assert chunked.status_code == 413
+
+
+def test_unknown_route_and_wrong_method_have_the_error_shape(http: httpx.Client) -> None:
+    assert error_of(http.get("/v1/nothing"), 404)["type"] == "not_found_error"
+    error_of(http.get("/v1/chat/completions"), 405)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"messages": MESSAGES}, "'model' is required"),
+        ({"model": "tiny"}, "'messages' must be a non-empty list"),
+        ({"model": "tiny", "messages": []}, "'messages' must be a non-empty list"),
+        ({"model": "tiny", "messages": ["hi"]}, "messages[0] must be an object"),
+        ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        (
+            {"model": "tiny", "messages": MESSAGES, "temperature": "hot"},
+            "'temperature' must be a number",
+        ),
+        ({"model": "tiny", "messages": MESSAGES, "temperature": 9}, "between 0.0 and 2.0"),
+        ({"model": "tiny", "messages": MESSAGES, "top_p": 0}, "'top_p'"),
+        ({"model": "tiny", "messages": MESSAGES, "max_tokens": 1.5}, "must be an integer"),
+        ({"model": "tiny", "messages": MESSAGES, "max_tokens": True}, "must be an integer"),
+        ({"model": "tiny", "messages": MESSAGES, "n": 100}, "'n' must be at most"),
+        ({"model": "tiny", "messages": MESSAGES, "stop": 3}, "'stop'"),
+        ({"model": "tiny", "messages": MESSAGES, "stream": "yes"}, "'stream' must be a boolean"),
+        (
+            {"model": "tiny", "messages": MESSAGES, "stream_options": {"include_usage": True}},
+            "only allowed when 'stream'",
+        ),
+        ({"model": "tiny", "messages": MESSAGES, "logprobs": True}, "'logprobs' is not supported"),
+        ({"model": "tiny", "messages": MESSAGES, "seed": "x"}, "'seed' must be an integer"),
+    ],
+)
+def test_schema_errors_are_400s_that_name_the_field(
+    http: httpx.Client, body: dict[str, Any], needle: str
+) -> None:
+    assert needle in error_of(http.post("/v1/chat/completions", json=body), 400)["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "tiny"},
+        {"model": "tiny", "prompt": []},
+        {"model": "tiny", "prompt": [[]]},
+        {"model": "tiny", "prompt": [1, "a"]},
+        {"model": "tiny", "prompt": [10**9]},
+        {"model": "tiny", "prompt": [-1]},
+        {"model": "tiny", "prompt": "x", "best_of": 3},
+        {"model": "tiny", "prompt": "x", "suffix": "y"},
+        {"model": "tiny", "prompt": ["a"] * 20},
+    ],
+)
+def test_bad_completion_prompts_are_400s(http: httpx.Client, body: dict[str, Any]) -> None:
+    error_of(http.post("/v1/completions", json=body), 400)
+
+
+def test_no_input_produces_a_5xx(http: httpx.Client) -> None:
+    """A spread of odd bodies on every generation route: always answered, never with 5xx."""
+    bodies: list[bytes] = [
+        b"",
+        b"null",
+        b"\xff\xfe",
+        b'{"model": null}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e309}',
+        b'{"model": "tiny", "prompt": "x", "max_tokens": -5, "n": -1}',
+        b'{"model": "alpha", "prompt": {"a": 1}}',
+        b'{"prompt": 12, "generate_kwargs": []}',
+        b'{"prompt": "x", "generate_kwargs": {"max_new_tokens": "many"}}',
+        b'{"messages": "x"}',
+    ]
+    for route in ("/v1/chat/completions", "/v1/completions", "/chat"):
+        for body in bodies:
+            response = http.post(route, content=body)
+            assert response.status_code < 500, (route, body, response.text)
+            if route != "/chat":  # /chat ignores OpenAI fields, so some bodies are fine there
+                assert response.status_code >= 400, (route, body, response.text)
+            if response.status_code >= 400:
+                assert "error" in response.json()
+
+
+def test_requests_beyond_the_admission_limit_get_429(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    streams = []
+    try:
+        for _ in range(MAX_CONCURRENT):
+            streams.append(
+                client.chat.completions.create(
+                    model="tiny", messages=MESSAGES, max_tokens=1500, temperature=0, stream=True
+                )
+            )
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+        assert info.value.status_code == 429
+        assert "Too many requests" in info.value.message
+    finally:
+        for stream in streams:
+            stream.close()
+    wait_idle(http)
+    client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)

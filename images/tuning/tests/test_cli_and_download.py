@@ -1,0 +1,124 @@
+"""The tuning command line and the data downloader (against a local HTTP server)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kaito_tuning.cli import main
+from kaito_tuning.download import DownloadError, download
+from kaito_tuning.train import COMPLETION_MARKER
+
+PAYLOAD = b'{"text": "the cat sat on the mat"}\n' * 100
+
+
+def test_lora_training_writes_a_loadable_adapter_and_a_marker(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(PAYLOAD.decode())
+    output = tmp_path / "adapter"
+    code = main(
+        [
+            "--method", "lora",
+            "--model", str(tiny_model),
+            "--data", str(data),
+            "--output", str(output),
+            "--max-steps", "3",
+            "--learning-rate", "1e-3",
+            "--log-format", "json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    marker = json.loads((output / COMPLETION_MARKER).read_text())
+    assert marker["method"] == "lora"
+    assert marker["steps"] == 3
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model)), str(output))
+
+
+def test_bad_data_or_config_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    base = ["--model", str(tiny_model), "--output", str(tmp_path / "out"), "--log-format", "json"]
+    assert main([*base, "--data", str(tmp_path / "missing.jsonl")]) == 2
+    config = tmp_path / "c.yaml"
+    config.write_text("training_config: [1]\n")
+    (tmp_path / "d.jsonl").write_text(PAYLOAD.decode())
+    assert main([*base, "--data", str(tmp_path / "d.jsonl"), "--config", str(config)]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/data.jsonl":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/undeclared.jsonl":  # no Content-Length: counted while streaming
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+            self.close_connection = True
+        elif self.path == "/slow.jsonl":
+            self.send_response(200)
+            self.end_headers()
+            time.sleep(3)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def data_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_fetches_http_into_the_directory(data_server: str, tmp_path: Path) -> None:
+    path = download(f"{data_server}/data.jsonl", tmp_path, index=0, max_bytes=10**6, timeout=10)
+    assert path == tmp_path / "data.jsonl"
+    assert path.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "undeclared.jsonl"])
+def test_download_enforces_the_size_limit(data_server: str, tmp_path: Path, name: str) -> None:
+    with pytest.raises(DownloadError, match="limit"):
+        download(f"{data_server}/{name}", tmp_path, index=0, max_bytes=100, timeout=10)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_download_times_out(data_server: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(DownloadError):
+        download(f"{data_server}/slow.jsonl", tmp_path, index=0, max_bytes=10**6, timeout=1)
+    assert time.monotonic() - started < 2.5
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x", "data.jsonl"])
+def test_download_refuses_other_schemes(url: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="only http and https"):
+        download(url, tmp_path, index=0, max_bytes=100, timeout=1)
+
+
+def test_download_reports_http_errors(data_server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="404"):
+        download(f"{data_server}/nothing", tmp_path, index=0, max_bytes=100, timeout=5)
