@@ -79,7 +79,18 @@ vendor_fix() {
   sed -i -E '/github.com\/modern-go\/reflect2 v1\.0\.1/d; /github.com\/json-iterator\/go v1\.1\.10/d' "$src/go.sum" || true
 }
 
+ensure_kubectl() {
+  # Tests and the demo drive the cluster with kubectl too; Debian's matches the server.
+  if ! command -v kubectl >/dev/null; then
+    private_apt
+    step "installing kubectl from Debian (kubernetes-client)"
+    APT_CONFIG="$APT_DIR/apt.conf" DEBIAN_FRONTEND=noninteractive \
+      apt-get -qq install -y --no-install-recommends kubernetes-client >&2
+  fi
+}
+
 build() {
+  ensure_kubectl
   if have_binaries; then
     step "control-plane binaries cached in $BIN_DIR"
     echo "$BIN_DIR"; return
