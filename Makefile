@@ -40,7 +40,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests images
 
 demo: setup
-	$(BIN)/kaito dev up
+	$(BIN)/kaito dev demo
 
 demo-down: $(STAMP)
 	$(BIN)/kaito dev down

@@ -8,12 +8,15 @@ ports under ``.kaito/dev/`` and leaves them running; ``down`` stops them by PID.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from kaito.dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState, stop_pids
+from kaito.dev.demo import provision_quick_start_node
+from kaito.dev.stack import start_stack
 
 DEFAULT_DIR = Path(".kaito/dev")
 
@@ -27,6 +30,10 @@ def add_commands(sub: Any) -> None:
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     down.set_defaults(func=cmd_down)
+    demo = sub.add_parser("demo", help="`up`, then provision the quick start's GPU node")
+    demo.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    demo.add_argument("--down", action="store_true", help="tear everything down at the end")
+    demo.set_defaults(func=cmd_demo)
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     status.set_defaults(func=cmd_status)
@@ -48,14 +55,38 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
     try:
         state = ControlPlane(state_dir).start(progress=say)
+        info = asyncio.run(start_stack(state, say=say))
     except ControlPlaneError as e:
         say(f"FAILED: {e}")
+        cmd_down(args)
         return 1
     print(
-        f"\nThe local control plane is up.\n"
+        f"\nThe local KAITO stack is up: control plane, CRDs, AKS emulator, gpu-provisioner.\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
-        f"  kubectl get namespaces\n"
+        f"  kubectl get machines,nodes\n"
+        f"  component logs: {info['logs']}\n"
         f"Stop it with: make demo-down\n"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    say = _progress(time.monotonic())
+    if cmd_up(args) != 0:
+        return 1
+    state = ControlPlaneState.load(args.dir.resolve())
+    try:
+        node = asyncio.run(provision_quick_start_node(state, say=say))
+    except (TimeoutError, ControlPlaneError) as e:
+        say(f"FAILED: {e}; logs in {Path(state.data_dir) / 'logs'}")
+        return 1
+    finally:
+        if args.down:
+            cmd_down(args)
+    labels = node["metadata"].get("labels") or {}
+    say(
+        f"done: the quick start's GPU node {node['metadata']['name']} "
+        f"({labels.get('node.kubernetes.io/instance-type')}) is ready for its inference pod"
     )
     return 0
 

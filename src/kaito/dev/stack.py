@@ -1,0 +1,153 @@
+"""The local KAITO stack on top of the control plane: CRDs, AKS emulator, controllers.
+
+Each component runs as its own process, started with the same command a container
+would run (``kaito dev aks-emulator``, ``kaito gpu-provisioner``, ...), in a new
+session so a terminal's Ctrl-C does not take it down; its PID joins the control plane's
+state file so ``kaito dev down`` stops everything in reverse start order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState
+from kaito.runtime.client import Client, ClientConfig
+from kaito.runtime.errors import AlreadyExists, NotFound
+from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS
+
+CRD_DIR = REPO_ROOT / "deploy" / "crds"
+
+
+async def install_crds(client: Client, *, timeout: float = 30.0) -> list[str]:
+    """Create every CRD in ``deploy/crds`` (existing ones are kept) and wait until served."""
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            names.append(doc["metadata"]["name"])
+            with contextlib.suppress(AlreadyExists):
+                await client.create(CUSTOMRESOURCEDEFINITIONS, doc)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            crd = await client.get(CUSTOMRESOURCEDEFINITIONS, name)
+            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions") or ()}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRD {name} not established after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+    return names
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip().removeprefix("export ")
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            env[key] = value.strip().strip("'\"")
+    return env
+
+
+class Stack:
+    """Starts the dev components next to a running control plane and records their PIDs."""
+
+    def __init__(self, state: ControlPlaneState, *, say: Callable[[str], None]) -> None:
+        self.state = state
+        self.say = say
+        self.dir = Path(state.data_dir)
+        self.logs = self.dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": state.kubeconfig,
+            "KAITO_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+        with open(self.logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kaito.cli", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env or self.env,
+                start_new_session=True,
+            )
+        self.state.pids[name] = proc.pid
+        self.state.save()
+        return proc.pid
+
+    def wait_for(self, what: str, check: Callable[[], bool], pid: int, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            try:
+                waited, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                waited = 0
+            if waited == pid:
+                name = next((n for n, p in self.state.pids.items() if p == pid), "?")
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise ControlPlaneError(f"{name} exited while waiting for {what}:\n{tail}")
+            time.sleep(0.1)
+        raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def start_aks_emulator(self, *, create_latency: float = 2.0) -> dict[str, str]:
+        """The emulated AKS agent-pool API; returns the provisioner's environment."""
+        emu_dir = self.dir / "aks-emulator"
+        env_file = emu_dir / "provisioner.env"
+        self.say(f"starting the AKS emulator (agent pools take {create_latency:g}s to create)")
+        pid = self.spawn(
+            "aks-emulator",
+            [
+                "dev", "aks-emulator", "--port", "0", "--dir", str(emu_dir),
+                "--cluster-name", "kaito-dev", "--create-latency", str(create_latency),
+                "--node-ready-delay", "0.5",
+            ],
+        )  # fmt: skip
+
+        def written() -> bool:
+            return env_file.exists() and env_file.stat().st_size > 0
+
+        self.wait_for("the AKS emulator", written, pid, timeout=30)
+        return read_env_file(env_file)
+
+    def start_gpu_provisioner(self, arm_env: dict[str, str]) -> None:
+        self.say("starting the gpu-provisioner")
+        env = {**self.env, **arm_env, "ARM_POLLING_INTERVAL": "0.5"}
+        self.spawn(
+            "gpu-provisioner",
+            ["gpu-provisioner", "--metrics-bind-address", "127.0.0.1:0",
+             "--health-probe-bind-address", "127.0.0.1:0"],
+            env,
+        )  # fmt: skip
+
+
+async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -> dict[str, Any]:
+    """CRDs, the AKS emulator and the gpu-provisioner on the running control plane."""
+    async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
+        crds = await install_crds(client)
+        say(f"installed CRDs: {', '.join(crds)}")
+        try:
+            await client.get(CUSTOMRESOURCEDEFINITIONS, crds[0])
+        except NotFound as e:  # pragma: no cover - install_crds waited for it
+            raise ControlPlaneError(str(e)) from e
+    stack = Stack(state, say=say)
+    arm_env = stack.start_aks_emulator()
+    stack.start_gpu_provisioner(arm_env)
+    return {"arm_base_url": arm_env.get("ARM_BASE_URL", ""), "logs": str(stack.logs)}
