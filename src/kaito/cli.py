@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     provisioner_cli.add_commands(sub)
     provisioner_cli.add_dev_commands(dev_sub)
+    from kaito.controllers.workspace import cli as workspace_cli
+
+    workspace_cli.add_commands(sub)
     return parser
 
 
