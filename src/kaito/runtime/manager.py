@@ -80,7 +80,7 @@ class Manager:
     def __init__(self, client: Client, options: ManagerOptions | None = None, **kw: Any) -> None:
         self.client = client
         self.options = options or ManagerOptions(**kw)
-        self._informers: dict[tuple[Resource, str | None], Informer] = {}
+        self._informers: dict[tuple[Resource, str | None, str | None], Informer] = {}
         self.controllers: list[Controller] = []
         self.recorder = EventRecorder(client, component=self.options.component)
         self._healthz: dict[str, Check] = {"ping": lambda: None}
@@ -109,18 +109,24 @@ class Manager:
         resource: Resource,
         *,
         namespace: str | None = None,
+        label_selector: str | None = None,
         indexers: dict[str, IndexFunc] | None = None,
     ) -> Informer:
-        """The shared informer for ``resource`` (one per resource and namespace)."""
+        """The shared informer for ``resource``: one per (resource, namespace, selector).
+
+        ``label_selector`` narrows what is listed, watched and cached to the objects a
+        controller serves (e.g. only Machines with a ``kaito.sh/workspace`` label);
+        default None: every object.
+        """
         ns = (
             namespace
             if namespace is not None
             else (self.options.namespace if resource.namespaced else None)
         )
-        key = (resource, ns)
+        key = (resource, ns, label_selector)
         inf = self._informers.get(key)
         if inf is None:
-            inf = Informer(self.client, resource, namespace=ns)
+            inf = Informer(self.client, resource, namespace=ns, label_selector=label_selector)
             self._informers[key] = inf
         for name, fn in (indexers or {}).items():
             if name not in inf.cache._indexers:

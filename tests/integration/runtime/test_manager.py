@@ -195,3 +195,25 @@ async def test_metrics_endpoint_serves_controller_runtime_families(client: Clien
         mgr.stop()
         await run
         await client.delete(NAMESPACES, ns)
+
+
+async def test_informer_with_a_label_selector_caches_only_matching_objects(client: Client) -> None:
+    ns = f"mgr-{uuid.uuid4().hex[:6]}"
+    await client.create(NAMESPACES, {"metadata": {"name": ns}})
+    await client.create(
+        CONFIGMAPS, {"metadata": {"name": "mine", "namespace": ns, "labels": {"owner": "me"}}}
+    )
+    await client.create(CONFIGMAPS, {"metadata": {"name": "other", "namespace": ns}})
+    mgr = Manager(client, options(namespace=ns))
+    mine = mgr.informer(CONFIGMAPS, label_selector="owner=me")
+    everything = mgr.informer(CONFIGMAPS)
+    assert mine is not everything and mgr.informer(CONFIGMAPS, label_selector="owner=me") is mine
+    run = asyncio.create_task(mgr.run())
+    try:
+        assert await mine.wait_for_sync(15) and await everything.wait_for_sync(15)
+        assert [o["metadata"]["name"] for o in mine.cache.list(ns)] == ["mine"]
+        assert {"mine", "other"} <= {o["metadata"]["name"] for o in everything.cache.list(ns)}
+    finally:
+        mgr.stop()
+        await run
+        await client.delete(NAMESPACES, ns)
