@@ -1,8 +1,8 @@
 """The README's main command, `make demo` (= `kaito dev demo`), works and cleans up.
 
 Runs the real command as a subprocess in its own state directory (its own control
-plane, AKS emulator and gpu-provisioner), with ``--down`` so it tears itself down, then
-checks that no process it started is left running.
+plane, AKS emulator, gpu-provisioner and workspace controller), with ``--down`` so it
+tears itself down, then checks that no process it started is left running.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_make_demo_provisions_the_quick_start_gpu_node_and_tears_down(tmp_path: Path) -> None:
+def test_make_demo_brings_the_quick_start_workspace_to_resource_ready_and_tears_down(
+    tmp_path: Path,
+) -> None:
     state_dir = tmp_path / "dev"
     pids: dict[str, int] = {}
     proc = subprocess.Popen(
@@ -40,9 +42,12 @@ def test_make_demo_provisions_the_quick_start_gpu_node_and_tears_down(tmp_path: 
         if not pids and "stack is up" in line and state_file.exists():
             pids = json.loads(state_file.read_text())["pids"]
     assert proc.wait(timeout=180) == 0, out
-    assert "MachineLaunched=True" in out and "Ready=True" in out, out
-    assert "is Ready with nvidia.com/gpu=1" in out, out
-    assert "done: the quick start's GPU node" in out, out
-    assert set(pids) >= {"etcd", "kube-apiserver", "aks-emulator", "gpu-provisioner"}, pids
+    assert "created by the workspace controller" in out, out
+    assert "Machine MachineLaunched=True" in out, out
+    assert "Workspace ResourceReady=True" in out, out
+    assert "is Ready with nvidia.com/gpu=1, labelled accelerator=nvidia" in out, out
+    assert "done: workspace-phi-3-mini is ResourceReady" in out, out
+    expected = {"etcd", "kube-apiserver", "aks-emulator", "gpu-provisioner", "workspace-controller"}
+    assert set(pids) >= expected, pids
     assert not [name for name, pid in pids.items() if _alive(pid)], "processes left running"
     assert not state_dir.exists(), "--down removes the state directory"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito.dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState, stop_pids
-from kaito.dev.demo import provision_quick_start_node
+from kaito.dev.demo import run_quick_start
 from kaito.dev.stack import start_stack
 
 DEFAULT_DIR = Path(".kaito/dev")
@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     down.set_defaults(func=cmd_down)
-    demo = sub.add_parser("demo", help="`up`, then provision the quick start's GPU node")
+    demo = sub.add_parser("demo", help="`up`, then apply the quick start's Workspace")
     demo.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     demo.add_argument("--down", action="store_true", help="tear everything down at the end")
     demo.set_defaults(func=cmd_demo)
@@ -61,9 +61,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
         return 1
     print(
-        f"\nThe local KAITO stack is up: control plane, CRDs, AKS emulator, gpu-provisioner.\n"
+        f"\nThe local KAITO stack is up: control plane, CRDs, AKS emulator, gpu-provisioner,\n"
+        f"workspace controller with its webhook.\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
-        f"  kubectl get machines,nodes\n"
+        f"  kubectl get workspace,machines,nodes\n"
         f"  component logs: {info['logs']}\n"
         f"Stop it with: make demo-down\n"
     )
@@ -76,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     state = ControlPlaneState.load(args.dir.resolve())
     try:
-        node = asyncio.run(provision_quick_start_node(state, say=say))
+        node = asyncio.run(run_quick_start(state, say=say))
     except (TimeoutError, ControlPlaneError) as e:
         say(f"FAILED: {e}; logs in {Path(state.data_dir) / 'logs'}")
         return 1
@@ -85,8 +86,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cmd_down(args)
     labels = node["metadata"].get("labels") or {}
     say(
-        f"done: the quick start's GPU node {node['metadata']['name']} "
-        f"({labels.get('node.kubernetes.io/instance-type')}) is ready for its inference pod"
+        f"done: workspace-phi-3-mini is ResourceReady on {node['metadata']['name']} "
+        f"({labels.get('node.kubernetes.io/instance-type')}); "
+        f"`kubectl get workspace` shows it"
     )
     return 0
 

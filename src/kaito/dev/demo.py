@@ -1,10 +1,11 @@
 """``kaito dev demo``: the main job on the local stack, narrated step by step.
 
-Today it provisions the GPU node a quick-start Workspace needs: a Machine for
-Standard_NC6s_v3 (what the workspace controller creates for the quick start) goes through
-the real gpu-provisioner, the real Azure SDK and the emulated AKS agent-pool API to a
-registered, Ready Node with ``nvidia.com/gpu`` capacity. The Workspace itself takes over
-this step when the workspace controller's reconcile flow lands.
+It applies the quick start's Workspace (``examples/kaito_workspace_phi_3.yaml``:
+phi-3-mini-4k-instruct on Standard_NC6s_v3) through the validating webhook. The
+workspace controller creates the Machine; the gpu-provisioner turns it into an AKS agent
+pool through the real Azure SDK against the emulated ARM API, which registers a GPU
+Node; the controller labels the node and sets ``ResourceReady``. Serving (inference
+pods on a node agent, ``/chat``) comes with the rest of the workspace controller.
 """
 
 from __future__ import annotations
@@ -14,79 +15,77 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kaito.dev.controlplane import ControlPlaneState
+import yaml
+
+from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import NODES, Resource
 
+QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
+WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
 MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
-DEMO_MACHINE = "wsdemo0001"
 
 
-def quick_start_machine() -> dict[str, Any]:
-    """The Machine the workspace controller makes for the quick start's phi-3 Workspace."""
-    return {
-        "apiVersion": "karpenter.sh/v1alpha5",
-        "kind": "Machine",
-        "metadata": {
-            "name": DEMO_MACHINE,
-            "labels": {
-                "karpenter.sh/provisioner-name": "default",
-                "kaito.sh/workspace": "workspace-phi-3-mini",
-                "kaito.sh/workspacenamespace": "default",
-                "apps": "phi-3",
-            },
-        },
-        "spec": {
-            "machineTemplateRef": {"name": DEMO_MACHINE},
-            "requirements": [
-                {
-                    "key": "node.kubernetes.io/instance-type",
-                    "operator": "In",
-                    "values": ["Standard_NC6s_v3"],
-                },
-                {"key": "karpenter.sh/provisioner-name", "operator": "In", "values": ["default"]},
-                {"key": "kaito.sh/machine-type", "operator": "In", "values": ["gpu"]},
-            ],
-            "taints": [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}],
-            "resources": {"requests": {"storage": "80Gi"}},
-        },
-    }
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj.get("status", {}).get("conditions") or ()}
 
 
-def _conditions(obj: dict[str, Any]) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions") or ()}
-
-
-async def provision_quick_start_node(
-    state: ControlPlaneState, *, say: Callable[[str], None], timeout: float = 90.0
+async def run_quick_start(
+    state: ControlPlaneState, *, say: Callable[[str], None], timeout: float = 120.0
 ) -> dict[str, Any]:
+    """Apply the quick start's Workspace and narrate it to ResourceReady; return the Node."""
+    body = yaml.safe_load(QUICK_START.read_text())
+    name, ns = body["metadata"]["name"], body["metadata"].get("namespace", "default")
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
         try:
-            await client.get(MACHINES, DEMO_MACHINE)
+            await client.get(WORKSPACES, name, ns)
         except NotFound:
-            await client.create(MACHINES, quick_start_machine())
-        say(f"created Machine {DEMO_MACHINE} (Standard_NC6s_v3, as for the quick start's phi-3)")
+            await _create_when_webhook_answers(client, body, ns)
+        say(f"applied {QUICK_START.relative_to(REPO_ROOT)} (workspace {ns}/{name})")
         t0 = time.monotonic()
-        seen: set[str] = set()
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            machine = await client.get(MACHINES, DEMO_MACHINE)
-            for ctype, status in _conditions(machine).items():
-                if status == "True" and ctype not in seen:
-                    seen.add(ctype)
-                    say(f"  {ctype}=True after {time.monotonic() - t0:.1f}s")
-                elif status == "False":
-                    cond = next(c for c in machine["status"]["conditions"] if c["type"] == ctype)
-                    if cond.get("reason") not in ("", None) and f"!{ctype}" not in seen:
-                        seen.add(f"!{ctype}")
-                        say(
-                            f"  {ctype}=False {cond.get('reason')}: {cond.get('message', '')[:200]}"
-                        )
-            if "Ready" in seen:
-                node = await client.get(NODES, machine["status"]["nodeName"])
+        told: set[str] = set()
+        while time.monotonic() - t0 < timeout:
+            for m in (await client.list(MACHINES, label_selector=f"kaito.sh/workspace={name}"))[
+                "items"
+            ]:
+                key = f"machine {m['metadata']['name']}"
+                if key not in told:
+                    told.add(key)
+                    say(f"  Machine {m['metadata']['name']} created by the workspace controller")
+                for ctype, cond in _conditions(m).items():
+                    tag = f"{key} {ctype}={cond['status']}"
+                    if cond["status"] == "True" and tag not in told:
+                        told.add(tag)
+                        say(f"  Machine {ctype}=True after {time.monotonic() - t0:.1f}s")
+            ws = await client.get(WORKSPACES, name, ns)
+            for ctype, cond in _conditions(ws).items():
+                tag = f"ws {ctype}={cond['status']}:{cond.get('reason')}"
+                if tag not in told and ctype in ("MachineReady", "ResourceReady"):
+                    told.add(tag)
+                    say(f"  Workspace {ctype}={cond['status']} ({cond.get('reason')}): "
+                        f"{cond.get('message', '')[:160]}")  # fmt: skip
+            ready = _conditions(ws).get("ResourceReady", {}).get("status") == "True"
+            nodes = ws.get("status", {}).get("workerNodes") or []
+            if ready and nodes:
+                node = await client.get(NODES, nodes[0])
                 gpus = node["status"]["allocatable"].get("nvidia.com/gpu")
-                say(f"node {node['metadata']['name']} is Ready with nvidia.com/gpu={gpus}")
+                accelerator = node["metadata"]["labels"].get("accelerator")
+                say(f"node {nodes[0]} is Ready with nvidia.com/gpu={gpus}, "
+                    f"labelled accelerator={accelerator}")  # fmt: skip
                 return node
             await asyncio.sleep(0.2)
-    raise TimeoutError(f"Machine {DEMO_MACHINE} not Ready after {timeout:.0f}s")
+    raise TimeoutError(f"workspace {ns}/{name} not ResourceReady after {timeout:.0f}s")
+
+
+async def _create_when_webhook_answers(client: Client, body: dict[str, Any], ns: str) -> None:
+    """The apiserver picks up the webhook registration asynchronously: retry briefly."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await client.create(WORKSPACES, body, ns)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -137,9 +137,38 @@ class Stack:
             env,
         )  # fmt: skip
 
+    def start_workspace_controller(self) -> None:
+        """The workspace controller with its webhook registered for the local apiserver."""
+        from kaito.dev.controlplane import free_port
+
+        self.say("starting the workspace controller (with its validating webhook)")
+        probes = free_port()
+        pid = self.spawn(
+            "workspace-controller",
+            [
+                "workspace-controller", "--metrics-bind-address", "127.0.0.1:0",
+                f"--health-probe-bind-address=127.0.0.1:{probes}",
+                "--webhook-bind-address=127.0.0.1:0", "--webhook-cert-secret=",
+                "--webhook-url=https://127.0.0.1:{port}/validate/workspaces",
+            ],
+        )  # fmt: skip
+        self.wait_for("the workspace controller's /readyz", lambda: _http_ok(probes), pid,
+                      timeout=60)  # fmt: skip
+
+
+def _http_ok(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
 
 async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -> dict[str, Any]:
-    """CRDs, the AKS emulator and the gpu-provisioner on the running control plane."""
+    """CRDs, the AKS emulator, the gpu-provisioner and the workspace controller."""
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
         crds = await install_crds(client)
         say(f"installed CRDs: {', '.join(crds)}")
@@ -150,4 +179,5 @@ async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -
     stack = Stack(state, say=say)
     arm_env = stack.start_aks_emulator()
     stack.start_gpu_provisioner(arm_env)
+    stack.start_workspace_controller()
     return {"arm_base_url": arm_env.get("ARM_BASE_URL", ""), "logs": str(stack.logs)}
