@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import structlog
 
 from kaito.provisioner.config import ConfigError, ProvisionerConfig
+from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
 
 __all__ = ["add_commands", "add_dev_commands"]
 
@@ -37,15 +37,7 @@ def add_commands(sub: Any) -> None:
         "ARM_RESOURCE_GROUP, AZURE_CLUSTER_NAME, LOCATION, ARM_BASE_URL, ... "
         "(see kaito.provisioner.config).",
     )
-    p.add_argument("--kubeconfig", default=None, help="default: in-cluster, else $KUBECONFIG")
-    p.add_argument("--metrics-bind-address", default=":8080", help="default :8080; 0 disables")
-    p.add_argument("--health-probe-bind-address", default=":8081", help="default :8081")
-    p.add_argument("--leader-elect", action="store_true", help="run only while holding a Lease")
-    p.add_argument(
-        "--leader-election-namespace",
-        default=os.environ.get("POD_NAMESPACE") or "kube-system",
-        help="where the Lease lives; default $POD_NAMESPACE or kube-system",
-    )
+    add_manager_arguments(p)
     p.set_defaults(func=cmd_gpu_provisioner)
 
 
@@ -82,8 +74,6 @@ async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) 
     from kaito.provisioner.app import Provisioner
     from kaito.provisioner.azure import AzureAgentPoolAPI, make_credential
     from kaito.runtime.client import Client, ClientConfig
-    from kaito.runtime.leaderelection import LeaderElectionLost
-    from kaito.runtime.manager import ManagerOptions
 
     credential = make_credential(config.arm_static_token)
     api = AzureAgentPoolAPI(
@@ -101,18 +91,10 @@ async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) 
                 client,
                 api,
                 config,
-                manager_options=ManagerOptions(
-                    component="gpu-provisioner",
-                    metrics_bind_address=args.metrics_bind_address,
-                    health_probe_bind_address=args.health_probe_bind_address,
-                    leader_election=args.leader_elect,
-                    leader_election_id="gpu-provisioner",
-                    leader_election_namespace=args.leader_election_namespace,
+                manager_options=manager_options(
+                    args, component="gpu-provisioner", leader_election_id="gpu-provisioner"
                 ),
             )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, prov.stop)
             log.info(
                 "gpu-provisioner starting",
                 cluster=config.cluster_name,
@@ -120,14 +102,10 @@ async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) 
                 arm=config.arm_base_url,
                 workers=config.workers,
             )
-            await prov.run()
-    except LeaderElectionLost as e:
-        log.error("leader election lost", error=str(e))
-        return 1
+            return await run_until_stopped(prov.run, prov.stop)
     finally:
         await api.close()
         await credential.close()
-    return 0
 
 
 def cmd_aks_emulator(args: argparse.Namespace) -> int:
