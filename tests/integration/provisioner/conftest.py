@@ -38,6 +38,7 @@ from kaito.runtime.errors import AlreadyExists, NotFound
 from kaito.runtime.manager import ManagerOptions
 from kaito.runtime.pki import CertificateAuthority
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
+from tests.integration.polling import poll_until
 
 Obj = dict[str, Any]
 
@@ -312,19 +313,9 @@ class Rig:
         self, name: str, until: Callable[[Obj | None], bool], *, timeout: float = 20.0
     ) -> Obj | None:
         """Poll the apiserver until ``until(machine)``; the machine (None when gone)."""
-        last: Obj | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    last = await self.machine(name)
-                    if until(last):
-                        return last
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            status = (last or {}).get("status")
-            raise AssertionError(
-                f"machine {name} did not get there in {timeout}s: {status}"
-            ) from None
+        return await poll_until(
+            lambda: self.machine(name), until, timeout=timeout, what=f"machine {name}"
+        )
 
     async def wait_ready(self, name: str, timeout: float = 20.0) -> Obj:
         machine = await self.wait_machine(name, is_ready, timeout=timeout)

@@ -32,6 +32,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.manager import ManagerOptions
 from kaito.runtime.resource import EVENTS, NAMESPACES, NODES
+from tests.integration.polling import poll_until
 from tests.integration.provisioner.conftest import (  # noqa: F401 - fixtures
     ArmTls,
     Rig,
@@ -180,19 +181,9 @@ class WsRig:
     async def wait(
         self, name: str, until: Callable[[Obj | None], bool], *, timeout: float = 30.0
     ) -> Obj | None:
-        last: Obj | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    last = await self.get(name)
-                    if until(last):
-                        return last
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            status = (last or {}).get("status")
-            raise AssertionError(
-                f"workspace {name} did not get there in {timeout}s: {status}"
-            ) from None
+        return await poll_until(
+            lambda: self.get(name), until, timeout=timeout, what=f"workspace {name}"
+        )
 
     async def wait_resource_ready(self, name: str, timeout: float = 30.0) -> Obj:
         ws = await self.wait(name, lambda w: is_true(w, "ResourceReady"), timeout=timeout)
