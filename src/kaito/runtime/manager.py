@@ -322,24 +322,35 @@ class ControllerBuilder:
         return self
 
     def owns(
-        self, resource: Resource, *, predicates: Sequence[Predicate] = ()
+        self,
+        resource: Resource,
+        *,
+        predicates: Sequence[Predicate] = (),
+        label_selector: str | None = None,
     ) -> ControllerBuilder:
-        """Reconcile the ``for_`` object that is the controller owner of ``resource`` objects."""
+        """Reconcile the ``for_`` object that is the controller owner of ``resource`` objects
+        (with ``label_selector``, only those the shared informer for it lists and caches)."""
         if self._for is None:
             raise ValueError("call for_() before owns()")
         handler = EnqueueRequestForOwner(
             self._for.group, self._for.kind, owner_namespaced=self._for.namespaced
         )
-        self.controller.watch(self.manager.informer(resource), handler, predicates)
+        informer = self.manager.informer(resource, label_selector=label_selector)
+        self.controller.watch(informer, handler, predicates)
         return self
 
     def watches(
-        self, resource: Resource, map_fn: MapFunc, *, predicates: Sequence[Predicate] = ()
+        self,
+        resource: Resource,
+        map_fn: MapFunc,
+        *,
+        predicates: Sequence[Predicate] = (),
+        label_selector: str | None = None,
     ) -> ControllerBuilder:
-        """Reconcile whatever ``map_fn`` maps each ``resource`` object to."""
-        self.controller.watch(
-            self.manager.informer(resource), EnqueueRequestsFromMapFunc(map_fn), predicates
-        )
+        """Reconcile whatever ``map_fn`` maps each ``resource`` object to (with
+        ``label_selector``, only objects the shared informer for it lists and caches)."""
+        informer = self.manager.informer(resource, label_selector=label_selector)
+        self.controller.watch(informer, EnqueueRequestsFromMapFunc(map_fn), predicates)
         return self
 
     @property

@@ -31,7 +31,18 @@ from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.manager import ManagerOptions
-from kaito.runtime.resource import EVENTS, NAMESPACES, NODES
+from kaito.runtime.resource import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    EVENTS,
+    JOBS,
+    NAMESPACES,
+    NODES,
+    PODS,
+    REPLICASETS,
+    SERVICES,
+    STATEFULSETS,
+)
 from tests.integration.polling import poll_until
 from tests.integration.provisioner.conftest import (  # noqa: F401 - fixtures
     ArmTls,
@@ -95,6 +106,39 @@ def condition(obj: Obj | None, type_: str) -> Obj | None:
 def is_true(obj: Obj | None, type_: str) -> bool:
     cond = condition(obj, type_)
     return cond is not None and cond["status"] == "True"
+
+
+WORKLOAD_KINDS = (DEPLOYMENTS, STATEFULSETS, REPLICASETS, SERVICES, CONFIGMAPS, JOBS, PODS)
+
+
+async def _workload_names(client: Client, namespace: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for res in WORKLOAD_KINDS:
+        names = [o["metadata"]["name"] for o in await client.list_all(res, namespace)]
+        if names:
+            out[res.kind] = sorted(names)
+    return out
+
+
+async def workload_left(client: Client, namespace: str, timeout: float = 120.0) -> dict[str, Any]:
+    """What is left of the Workspaces' workloads once the garbage collector is done.
+
+    There is no kubelet in this rig: a deleted pod stays Terminating until one confirms
+    it, so the test confirms it (grace period 0), as the kubelet of a gone node would be
+    replaced by the pod garbage collector.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for pod in await client.list_all(PODS, namespace):
+            if pod["metadata"].get("deletionTimestamp"):
+                with contextlib.suppress(NotFound):
+                    await client.delete(
+                        PODS, pod["metadata"]["name"], namespace, grace_period_seconds=0
+                    )
+        left = await _workload_names(client, namespace)
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.2)
 
 
 class WsRig:
@@ -240,6 +284,7 @@ async def wsrig(
                 await asyncio.sleep(0.1)
         assert await client.list_all(WORKSPACES, namespace) == [], "leaked Workspaces"
         assert await r.machines() == [], "leaked Machines"
+        assert await workload_left(client, namespace) == {}, "leaked workload objects"
     finally:
         await r.stop()
         for ws in await client.list_all(WORKSPACES, namespace):  # never poison later tests

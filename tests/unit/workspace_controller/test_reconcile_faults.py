@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
+from kaito.controllers.workspace.workload import WorkloadCaches
 from kaito.runtime.cache import Cache
 from kaito.runtime.errors import AlreadyExists, ApiError
 from kaito.runtime.reconcile import Request
@@ -68,6 +69,7 @@ def reconciler(client: ScriptedClient, recorder: Recorder) -> WorkspaceReconcile
         machines=Cache(),
         nodes=Cache(),
         recorder=recorder,  # type: ignore[arg-type]
+        workload=WorkloadCaches(*(Cache() for _ in range(6))),
     )
 
 

@@ -32,13 +32,23 @@ from kaito.controllers.workspace import machines as mach
 from kaito.controllers.workspace import nodes as nd
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
 from kaito.controllers.workspace.webhook import WebhookOptions, run_with_manager
+from kaito.controllers.workspace.workload import WORKLOAD_SELECTOR, WorkloadCaches
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
 from kaito.runtime.metrics import REGISTRY
 from kaito.runtime.predicate import Funcs, ResourceVersionChanged
 from kaito.runtime.reconcile import Request
-from kaito.runtime.resource import NODES
+from kaito.runtime.resource import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    JOBS,
+    NODES,
+    PODS,
+    SERVICES,
+    STATEFULSETS,
+    Resource,
+)
 
 __all__ = [
     "STATE_COLLECTOR",
@@ -77,8 +87,9 @@ NODE_CHANGED = Funcs(update=lambda old, new: _node_view(old) != _node_view(new))
 """Drops Node updates that change nothing the reconciler reads (heartbeats)."""
 
 
-def machine_to_workspace(machine: Obj) -> Iterable[Request]:
-    owner = mach.workspace_of(machine)
+def machine_to_workspace(obj: Obj) -> Iterable[Request]:
+    """A Machine (or a workload pod) to the Workspace its labels name."""
+    owner = mach.workspace_of(obj)
     return (Request(*owner),) if owner else ()
 
 
@@ -195,23 +206,46 @@ class WorkspaceController:
             client, manager_options or ManagerOptions(component="workspace-controller")
         )
         workspaces = self.manager.informer(WORKSPACES)
-        machines = self.manager.informer(MACHINES)
+        machines = self.manager.informer(MACHINES, label_selector=WORKLOAD_SELECTOR)
         nodes = self.manager.informer(NODES)
+
+        def owned(resource: Resource) -> Cache:
+            return self.manager.informer(resource, label_selector=WORKLOAD_SELECTOR).cache
+
         self.reconciler = WorkspaceReconciler(
             client=client,
             workspaces=workspaces.cache,
             machines=machines.cache,
             nodes=nodes.cache,
             recorder=self.manager.recorder,
+            workload=WorkloadCaches(
+                deployments=owned(DEPLOYMENTS),
+                statefulsets=owned(STATEFULSETS),
+                services=owned(SERVICES),
+                configmaps=owned(CONFIGMAPS),
+                jobs=owned(JOBS),
+                pods=owned(PODS),
+            ),
         )
-        (
+        changed = [ResourceVersionChanged()]
+        builder = (
             self.manager.controller(
                 "workspace", self.reconciler.reconcile, max_concurrent_reconciles=workers
             )
             .for_(WORKSPACES, predicates=[SPEC_OR_METADATA_CHANGED])
-            .watches(MACHINES, machine_to_workspace, predicates=[ResourceVersionChanged()])
+            .watches(
+                MACHINES,
+                machine_to_workspace,
+                predicates=changed,
+                label_selector=WORKLOAD_SELECTOR,
+            )
             .watches(NODES, node_to_workspaces(workspaces.cache), predicates=[NODE_CHANGED])
+            .watches(
+                PODS, machine_to_workspace, predicates=changed, label_selector=WORKLOAD_SELECTOR
+            )
         )
+        for resource in (DEPLOYMENTS, STATEFULSETS, SERVICES, CONFIGMAPS, JOBS):
+            builder.owns(resource, predicates=changed, label_selector=WORKLOAD_SELECTOR)
         self._workspaces = workspaces.cache
 
     def _workspaces_now(self) -> Iterable[Obj]:

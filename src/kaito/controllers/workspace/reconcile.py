@@ -1,7 +1,7 @@
-"""The Workspace reconciler: finalizer, revision hash, Machines, node readiness, deletion.
+"""The Workspace reconciler: finalizer, revision hash, Machines, nodes, workload, deletion.
 
 One reconcile reads the Workspace, its Machines and the Nodes from the informer caches
-and moves the world one step (WORKSPACE.md, "Reconcile flow", steps 1-4 and 8):
+and moves the world one step (WORKSPACE.md, "Reconcile flow"):
 
 1. deleting: delete the Workspace's Machines (label match, read live from the
    apiserver so that a Machine the cache has not seen yet is not missed), say so in a
@@ -17,6 +17,10 @@ and moves the world one step (WORKSPACE.md, "Reconcile flow", steps 1-4 and 8):
    Machine's reason and message (the provisioner's, e.g. QuotaExceeded) included;
 4. when ``count`` nodes are Ready with ``nvidia.com/gpu`` capacity: label them
    ``accelerator=nvidia``, set ``status.workerNodes`` and ``ResourceReady=True``.
+5-7. the workload (`workload.WorkloadSync`): an inference Workspace's ConfigMap,
+   Services and Deployment/StatefulSet, or a tuning Workspace's Job, applied once
+   ``ResourceReady`` is True and rolled when the revision changes; ``InferenceReady``,
+   ``JobStarted`` and ``WorkspaceReady`` from the workload's and its pods' status.
 
 The status is written once per reconcile through the status subresource (a merge patch
 guarded by resourceVersion), and only when it changed. Errors raise, so the controller
@@ -46,6 +50,7 @@ from kaito.api.workspace import (
 from kaito.controllers.workspace import machines as mach
 from kaito.controllers.workspace import nodes as nd
 from kaito.controllers.workspace.status import StatusDraft
+from kaito.controllers.workspace.workload import WorkloadCaches, WorkloadSync
 from kaito.presets.catalog import get_preset
 from kaito.presets.skus import get_sku
 from kaito.runtime.cache import Cache
@@ -106,9 +111,13 @@ class WorkspaceReconciler:
         machines: Cache,
         nodes: Cache,
         recorder: EventRecorder,
+        workload: WorkloadCaches,
         field_manager: str = "workspace-controller",
     ) -> None:
         self.client = client
+        self.workload = WorkloadSync(
+            client=client, caches=workload, recorder=recorder, field_manager=field_manager
+        )
         self.workspaces = workspaces
         self.machines = machines
         self.nodes = nodes
@@ -122,6 +131,12 @@ class WorkspaceReconciler:
             # Our cache lagged behind a write (often our own): read again shortly.
             log.debug("stale workspace, retrying", workspace=req.key, error=str(e))
             return Result(requeue=True)
+        except NotFound as e:
+            if (e.body.get("details") or {}).get("kind") != WORKSPACES.plural:
+                raise
+            # Deleted while we worked; its deletion event is on its way.
+            log.debug("workspace gone mid-reconcile", workspace=req.key)
+            return None
 
     async def _reconcile(self, req: Request) -> Result | None:
         obj = self.workspaces.get_by_name(req.name, req.namespace)
@@ -138,7 +153,16 @@ class WorkspaceReconciler:
             return await self._finalize(ctx)
         await self._ensure_metadata(ctx)
         try:
-            await self._provision(ctx)
+            ready = await self._provision(ctx)
+            revision = ctx.obj["metadata"]["annotations"][ANNOTATION_REVISION]
+            if ws.tuning is not None:
+                await self.workload.tuning(
+                    ws, ctx.obj, ctx.status, revision=revision, resources_ready=ready
+                )
+            else:
+                await self.workload.inference(
+                    ws, ctx.obj, ctx.status, revision=revision, resources_ready=ready
+                )
         finally:
             await self._write_status(ctx)
         return None
@@ -179,7 +203,8 @@ class WorkspaceReconciler:
             raise TerminalError(msg)
         return preset.disk
 
-    async def _provision(self, ctx: _Ctx) -> None:
+    async def _provision(self, ctx: _Ctx) -> bool:
+        """Steps 3 and 4; True when ``count`` nodes are Ready with GPUs (ResourceReady)."""
         ws = ctx.ws
         storage = self._storage(ctx)
         count = ws.resource.count
@@ -223,10 +248,10 @@ class WorkspaceReconciler:
                 f"{count} node(s) of instance type {ws.resource.instance_type} Ready with "
                 f"{nd.GPU_RESOURCE}: {', '.join(names)}",
             )
-            return
+            return True
         if summary.status == "False":
             ctx.status.set(RESOURCE_READY, "False", summary.reason, summary.message)
-            return
+            return False
         without_gpu = [n["metadata"]["name"] for n in candidates if nd.gpu_capacity(n) <= 0]
         if without_gpu:
             sku = get_sku(ws.resource.instance_type)
@@ -238,7 +263,7 @@ class WorkspaceReconciler:
                 f"node(s) {', '.join(without_gpu)} are Ready but report no {nd.GPU_RESOURCE} "
                 f"capacity{expect}; is the NVIDIA device plugin running on them?",
             )
-            return
+            return False
         ctx.status.set(
             RESOURCE_READY,
             "False",
@@ -246,6 +271,7 @@ class WorkspaceReconciler:
             f"{len(with_gpu)} of {count} node(s) of instance type {ws.resource.instance_type} "
             f"Ready; waiting for Machine(s) to provision",
         )
+        return False
 
     async def _create_machines(self, ctx: _Ctx, indexes: list[int], storage: str) -> list[Obj]:
         """Create the Machines for ``indexes`` concurrently; the ones that now exist."""

@@ -1,0 +1,373 @@
+"""The objects an inference Workspace runs as (WORKSPACE.md, reconcile step 5).
+
+    objs = inference_objects(ws, revision=rev)     # [(Resource, body), ...] in apply order
+
+- ConfigMap ``<ws>-inference-params`` with ``inference_config.yaml`` holding the engine
+  parameters the command line uses (what runs, readable with ``kubectl get cm``), unless
+  the Workspace names its own ConfigMap (``inference.config``), which is then mounted
+  instead: the server applies the file after its command line, so the user's keys win;
+- Service ``<ws>``: ``http`` 80 -> 5000 (and ``torch`` 29500 for multi-node presets),
+  ClusterIP, or LoadBalancer with ``kaito.sh/enablelb: "True"``; for a StatefulSet it
+  selects pod 0, the only one that serves HTTP;
+- headless Service ``<ws>-headless`` for a StatefulSet (stable pod DNS for the workers);
+- the workload: a Deployment with ``replicas = count`` (each node serves a full copy),
+  or a StatefulSet when the preset is distributed and ``count > 1`` (one model across
+  the nodes). One pod per node with all of its GPUs, probes on ``/health`` (a startup
+  probe that allows 30 minutes for loading weights), the pod template annotated with
+  the Workspace's revision hash, so a change to the Workspace rolls the pods.
+  Rolling updates never surge: a GPU node cannot hold two copies of the model, so a
+  surge pod would stay Pending forever and the rollout with it.
+- adapters: an emptyDir at ``/mnt/adapter``; an adapter from an image gets an init
+  container that copies the image's ``/data`` into ``/mnt/adapter/<name>``, one from a
+  volume is mounted there read-only; env ``<name>=<strength>``; the adapters' pull
+  secrets join the pod's.
+- a custom ``inference.template`` runs as given (its pod spec), with the Workspace's
+  labels, scheduling and GPU tolerations added.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kaito.api.workspace import ANNOTATION_REVISION, ANNOTATION_RUNTIME, Runtime, Workspace
+from kaito.controllers.workspace import podspec
+from kaito.presets.catalog import (
+    Preset,
+    RuntimeChoice,
+    get_preset,
+    inference_command,
+    load_catalog,
+    select_runtime,
+)
+from kaito.presets.skus import get_sku
+from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, SERVICES, STATEFULSETS, Resource
+
+__all__ = [
+    "ADAPTERS_DIR",
+    "CONFIG_DIR",
+    "CONFIG_FILE",
+    "HTTP_PORT",
+    "TORCH_PORT",
+    "WORKLOAD_CONTAINER",
+    "InferencePlan",
+    "inference_objects",
+    "plan_inference",
+]
+
+Obj = dict[str, Any]
+
+HTTP_PORT = 5000
+SERVICE_PORT = 80
+TORCH_PORT = 29500
+CONFIG_DIR = "/mnt/config"
+CONFIG_FILE = "inference_config.yaml"
+ADAPTERS_DIR = load_catalog().defaults.adapters_dir
+WORKLOAD_CONTAINER = "inference"
+ANNOTATION_ENGINE = "kaito.sh/runtime-selected"
+"""On the pod template: the engine that runs and why (``vllm: default engine``)."""
+
+STARTUP_FAILURES = 180
+"""x 10 s: how long the startup probe gives the server to load weights (30 min)."""
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """Everything decided about a preset Workspace's server before building objects."""
+
+    preset: Preset
+    runtime: RuntimeChoice
+    gpus_per_node: int
+    stateful: bool
+    """A StatefulSet (one model across ``count`` nodes) rather than a Deployment."""
+    image: str
+    pull_secrets: tuple[str, ...]
+    config_map: str
+    """The ConfigMap mounted at /mnt/config: the user's, or the generated one."""
+    generated_config: bool
+
+
+def config_map_name(ws: Workspace) -> str:
+    return f"{ws.metadata.name}-inference-params"
+
+
+def headless_name(ws: Workspace) -> str:
+    return f"{ws.metadata.name}-headless"
+
+
+def plan_inference(ws: Workspace) -> InferencePlan | None:
+    """The plan for a preset Workspace; None for a custom template. Raises ValueError
+    for a preset the catalog does not have."""
+    assert ws.inference is not None
+    spec = ws.inference.preset
+    if spec is None:
+        return None
+    preset = get_preset(spec.name)
+    if preset is None:
+        raise ValueError(f"preset {spec.name} is not in the catalog")
+    sku = get_sku(ws.resource.instance_type)
+    adapters = ws.inference.adapters
+    choice = select_runtime(
+        preset,
+        sku,
+        requested=ws.metadata.annotations.get(ANNOTATION_RUNTIME),
+        adapter_strengths=[a.strength for a in adapters],
+    )
+    options = spec.options
+    image = options.image if spec.access_mode == "private" and options.image else preset.image
+    secrets = [*options.image_pull_secrets]
+    for adapter in adapters:
+        if adapter.source is not None:
+            secrets += adapter.source.image_pull_secrets
+    return InferencePlan(
+        preset=preset,
+        runtime=choice,
+        gpus_per_node=podspec.gpus_per_node(ws, preset),
+        stateful=preset.distributed and ws.resource.count > 1,
+        image=image,
+        pull_secrets=tuple(dict.fromkeys(s for s in secrets if s)),
+        config_map=ws.inference.config or config_map_name(ws),
+        generated_config=not ws.inference.config,
+    )
+
+
+# -- pieces ----------------------------------------------------------------------------
+
+
+def _probe(path: str, *, period: int, failures: int, timeout: int = 5) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": HTTP_PORT, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def _probes() -> Obj:
+    return {
+        "startupProbe": _probe("/health", period=10, failures=STARTUP_FAILURES),
+        "readinessProbe": _probe("/health", period=5, failures=3),
+        "livenessProbe": _probe("/health", period=10, failures=6),
+    }
+
+
+def _adapter_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]:
+    """(volumes, main-container mounts, init containers, env) for the adapters."""
+    assert ws.inference is not None
+    adapters = ws.inference.adapters
+    if not adapters:
+        return [], [], [], []
+    volumes: list[Obj] = [{"name": "adapters", "emptyDir": {}}]
+    mounts: list[Obj] = [{"name": "adapters", "mountPath": ADAPTERS_DIR}]
+    inits: list[Obj] = []
+    env: list[Obj] = []
+    for i, adapter in enumerate(adapters):
+        source = adapter.source
+        if source is None:
+            continue
+        target = f"{ADAPTERS_DIR}/{source.name}"
+        if source.volume_source:
+            volume = f"adapter-{i}"
+            volumes.append({"name": volume, **copy.deepcopy(source.volume_source)})
+            mounts.append({"name": volume, "mountPath": target, "readOnly": True})
+        elif source.image:
+            inits.append(
+                {
+                    "name": f"adapter-{i}",
+                    "image": source.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", f"mkdir -p {target} && cp -r /data/. {target}/"],
+                    "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_DIR}],
+                }
+            )
+        env.append({"name": source.name, "value": adapter.strength or "1.0"})
+    return volumes, mounts, inits, env
+
+
+def _engine_config(plan: InferencePlan) -> str:
+    engine = plan.preset.engine(plan.runtime.runtime)
+    assert engine is not None
+    section: Obj = {"dtype": engine.dtype, "max_model_len": plan.preset.max_model_len}
+    if plan.runtime.runtime is Runtime.VLLM and engine.gpu_memory_utilization is not None:
+        section["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    section.update(engine.args)
+    header = (
+        f"# Generated by the workspace controller for preset {plan.preset.name}: the engine\n"
+        f"# parameters its command line uses. Name your own ConfigMap in inference.config\n"
+        f"# to override them (keys of the '{plan.runtime.runtime}' section become flags).\n"
+    )
+    return header + yaml.safe_dump({str(plan.runtime.runtime): section}, sort_keys=True)
+
+
+def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
+    assert ws.inference is not None
+    adapter_volumes, adapter_mounts, inits, env = _adapter_parts(ws)
+    shm, shm_mount = podspec.shm_volume()
+    command = inference_command(
+        plan.preset,
+        runtime=plan.runtime.runtime,
+        sku=get_sku(ws.resource.instance_type),
+        node_count=ws.resource.count if plan.stateful else 1,
+        adapter_count=len(ws.inference.adapters),
+        config_file=f"{CONFIG_DIR}/{CONFIG_FILE}",
+    )
+    ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
+    if plan.stateful:
+        ports.append({"name": "torch", "containerPort": TORCH_PORT, "protocol": "TCP"})
+    container: Obj = {
+        "name": WORKLOAD_CONTAINER,
+        "image": plan.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "ports": ports,
+        "resources": podspec.gpu_resources(plan.gpus_per_node),
+        **_probes(),
+        "volumeMounts": [
+            shm_mount,
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *adapter_mounts,
+        ],
+    }
+    if env:
+        container["env"] = env
+    spec: Obj = {
+        **podspec.scheduling(ws),
+        "containers": [container],
+        "volumes": [
+            shm,
+            {"name": "config", "configMap": {"name": plan.config_map}},
+            *adapter_volumes,
+        ],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if inits:
+        spec["initContainers"] = inits
+    if plan.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in plan.pull_secrets]
+    return spec
+
+
+def _template_pod_spec(ws: Workspace) -> Obj:
+    """A custom template's pod spec with the Workspace's scheduling added."""
+    assert ws.inference is not None
+    assert ws.inference.template is not None
+    spec = copy.deepcopy(ws.inference.template.get("spec") or {})
+    sched = podspec.scheduling(ws)
+    spec["affinity"] = {**(spec.get("affinity") or {}), **sched["affinity"]}
+    tolerations = list(spec.get("tolerations") or [])
+    spec["tolerations"] = tolerations + [t for t in sched["tolerations"] if t not in tolerations]
+    return spec
+
+
+def _template(ws: Workspace, pod_spec: Obj, revision: str, annotations: dict[str, str]) -> Obj:
+    labels = podspec.pod_labels(ws)
+    if ws.inference is not None and ws.inference.template is not None:
+        user_meta = ws.inference.template.get("metadata") or {}
+        labels = {**(user_meta.get("labels") or {}), **labels}
+        annotations = {**(user_meta.get("annotations") or {}), **annotations}
+    return {
+        "metadata": {
+            "labels": labels,
+            "annotations": {**annotations, ANNOTATION_REVISION: revision},
+        },
+        "spec": pod_spec,
+    }
+
+
+def _workload(ws: Workspace, plan: InferencePlan | None, revision: str) -> tuple[Resource, Obj]:
+    name = ws.metadata.name
+    if plan is None:
+        pod_spec, annotations = _template_pod_spec(ws), {}
+    else:
+        choice = plan.runtime
+        pod_spec = _pod_spec(ws, plan)
+        annotations = {ANNOTATION_ENGINE: f"{choice.runtime}: {choice.reason}"}
+    template = _template(ws, pod_spec, revision, annotations)
+    selector = {"matchLabels": podspec.selector_labels(ws)}
+    if plan is not None and plan.stateful:
+        return STATEFULSETS, {
+            "apiVersion": STATEFULSETS.api_version,
+            "kind": STATEFULSETS.kind,
+            "metadata": podspec.object_meta(ws, name),
+            "spec": {
+                "replicas": ws.resource.count,
+                "serviceName": headless_name(ws),
+                "podManagementPolicy": "Parallel",
+                "selector": selector,
+                "template": template,
+            },
+        }
+    return DEPLOYMENTS, {
+        "apiVersion": DEPLOYMENTS.api_version,
+        "kind": DEPLOYMENTS.kind,
+        "metadata": podspec.object_meta(ws, name),
+        "spec": {
+            "replicas": ws.resource.count,
+            "selector": selector,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+            },
+            "template": template,
+        },
+    }
+
+
+def _services(ws: Workspace, plan: InferencePlan | None) -> list[Obj]:
+    stateful = plan is not None and plan.stateful
+    ports: list[Obj] = [
+        {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}
+    ]
+    if stateful:
+        ports.append({"name": "torch", "port": TORCH_PORT, "targetPort": TORCH_PORT})
+    selector = podspec.selector_labels(ws)
+    if stateful:
+        selector = {**selector, "statefulset.kubernetes.io/pod-name": f"{ws.metadata.name}-0"}
+    main: Obj = {
+        "apiVersion": SERVICES.api_version,
+        "kind": SERVICES.kind,
+        "metadata": podspec.object_meta(ws, ws.metadata.name),
+        "spec": {
+            "type": "LoadBalancer" if ws.enable_load_balancer else "ClusterIP",
+            "selector": selector,
+            "ports": ports,
+        },
+    }
+    if not stateful:
+        return [main]
+    headless: Obj = {
+        "apiVersion": SERVICES.api_version,
+        "kind": SERVICES.kind,
+        "metadata": podspec.object_meta(ws, headless_name(ws)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": podspec.selector_labels(ws),
+            "ports": ports,
+        },
+    }
+    return [main, headless]
+
+
+def inference_objects(ws: Workspace, *, revision: str) -> list[tuple[Resource, Obj]]:
+    """Every object of an inference Workspace, each carrying its spec hash."""
+    plan = plan_inference(ws)
+    out: list[tuple[Resource, Obj]] = []
+    if plan is not None and plan.generated_config:
+        out.append(
+            (
+                CONFIGMAPS,
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": podspec.object_meta(ws, plan.config_map),
+                    "data": {CONFIG_FILE: _engine_config(plan)},
+                },
+            )
+        )
+    out += [(SERVICES, svc) for svc in _services(ws, plan)]
+    out.append(_workload(ws, plan, revision))
+    return [(res, podspec.with_spec_hash(body)) for res, body in out]

@@ -1,0 +1,166 @@
+"""What every pod the workspace controller runs has in common, inference or tuning.
+
+- labels ``kaito.sh/workspace`` / ``kaito.sh/workspacenamespace`` (the Services and the
+  workload's selector use the first);
+- an owner reference to the Workspace, so deleting it garbage-collects the workload;
+- scheduling: required node affinity on the Workspace's ``labelSelector`` (the nodes
+  the controller provisioned or counted carry those labels), required pod anti-affinity
+  on ``kaito.sh/workspace`` over ``kubernetes.io/hostname`` (one pod per node),
+  tolerations for the GPU nodes' taints (``sku=gpu:NoSchedule`` and ``nvidia.com/gpu``);
+- ``nvidia.com/gpu`` requests and limits of the node's GPU count (the SKU's): one pod
+  uses all of its node's GPUs;
+- ``/dev/shm`` as an in-memory emptyDir (PyTorch's shared memory for data loaders and
+  NCCL; the container runtime's 64 MiB default is far too small);
+- a ``spec-hash`` annotation on each object, the hash of what the controller wants it
+  to be: a reconcile whose desired object has the hash already on the live one writes
+  nothing.
+
+Pure functions over Workspace models and raw dicts; the reconciler does the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from kaito.api.workspace import (
+    LABEL_WORKSPACE,
+    LABEL_WORKSPACE_NAMESPACE,
+    WORKSPACES,
+    Workspace,
+)
+from kaito.controllers.workspace.nodes import GPU_RESOURCE
+from kaito.presets.catalog import Preset
+from kaito.presets.skus import get_sku
+
+__all__ = [
+    "ANNOTATION_SPEC_HASH",
+    "GPU_TOLERATIONS",
+    "gpus_per_node",
+    "object_meta",
+    "owner_reference",
+    "pod_labels",
+    "scheduling",
+    "shm_volume",
+    "spec_hash",
+    "with_spec_hash",
+]
+
+Obj = dict[str, Any]
+
+ANNOTATION_SPEC_HASH = "kaito.sh/spec-hash"
+"""On every object the controller writes: sha256 of the desired object, to skip no-op writes."""
+
+GPU_TOLERATIONS: list[Obj] = [
+    {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+]
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def pod_labels(ws: Workspace) -> dict[str, str]:
+    return {LABEL_WORKSPACE: ws.metadata.name, LABEL_WORKSPACE_NAMESPACE: ws.metadata.namespace}
+
+
+def selector_labels(ws: Workspace) -> dict[str, str]:
+    """The workload's selector (immutable once created, so only the name)."""
+    return {LABEL_WORKSPACE: ws.metadata.name}
+
+
+def owner_reference(ws: Workspace) -> Obj:
+    return {
+        "apiVersion": WORKSPACES.api_version,
+        "kind": WORKSPACES.kind,
+        "name": ws.metadata.name,
+        "uid": ws.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(ws: Workspace, name: str, **annotations: str) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": ws.metadata.namespace,
+        "labels": pod_labels(ws),
+        "ownerReferences": [owner_reference(ws)],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def gpus_per_node(ws: Workspace, preset: Preset | None) -> int:
+    """The SKU's GPU count; for a size outside the SKU table, the preset's share per node."""
+    sku = get_sku(ws.resource.instance_type)
+    if sku is not None:
+        return sku.gpus
+    if preset is not None and preset.gpus > 0:
+        return max(1, -(-preset.gpus // ws.resource.count))
+    return 1
+
+
+def gpu_resources(gpus: int) -> Obj:
+    return {"requests": {GPU_RESOURCE: str(gpus)}, "limits": {GPU_RESOURCE: str(gpus)}}
+
+
+def _node_selector_terms(ws: Workspace) -> list[Obj]:
+    selector = ws.resource.label_selector
+    expressions: list[Obj] = [
+        {"key": key, "operator": "In", "values": [value]}
+        for key, value in sorted(selector.match_labels.items())
+    ]
+    for req in selector.match_expressions:
+        expr: Obj = {"key": req.key, "operator": req.operator}
+        if req.values:
+            expr["values"] = list(req.values)
+        expressions.append(expr)
+    return [{"matchExpressions": expressions}] if expressions else []
+
+
+def scheduling(ws: Workspace) -> Obj:
+    """affinity + tolerations for a pod of ``ws`` (merged into its pod spec)."""
+    affinity: Obj = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": selector_labels(ws)},
+                    "topologyKey": HOSTNAME,
+                }
+            ]
+        }
+    }
+    terms = _node_selector_terms(ws)
+    if terms:
+        affinity["nodeAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
+    return {"affinity": affinity, "tolerations": [dict(t) for t in GPU_TOLERATIONS]}
+
+
+def shm_volume() -> tuple[Obj, Obj]:
+    """(volume, mount) for ``/dev/shm``."""
+    return (
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    )
+
+
+def spec_hash(obj: Obj) -> str:
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def with_spec_hash(obj: Obj) -> Obj:
+    """``obj`` with its own hash in ``kaito.sh/spec-hash`` (computed without it)."""
+    digest = spec_hash(obj)
+    meta = obj["metadata"]
+    meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION_SPEC_HASH: digest}
+    return obj
+
+
+def live_spec_hash(obj: Obj | None) -> str | None:
+    if obj is None:
+        return None
+    return (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)

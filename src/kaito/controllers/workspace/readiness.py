@@ -1,0 +1,178 @@
+"""Fold a workload and its pods into ``InferenceReady`` / ``JobStarted`` / ``WorkspaceReady``.
+
+``InferenceReady`` is True when every replica of the current revision is ready. When it
+is not, the reason is found where kubelet and the scheduler put it, on the pods:
+
+- ``Unschedulable``: the pod's ``PodScheduled=False`` (the scheduler's message says which
+  nodes and why: GPUs, taints, affinity);
+- a container waiting with ``ImagePullBackOff``, ``ErrImagePull``, ``CrashLoopBackOff``,
+  ``CreateContainerConfigError``, ``InvalidImageName`` ... (kubelet's own reason and
+  message);
+- a container whose last run ended ``OOMKilled`` (or ``Error`` with its exit code and
+  the tail of its log, when kubelet kept it as the termination message);
+- otherwise ``InferenceStarting``/``RolloutInProgress`` with ready/total counts.
+
+A pod of an older revision that is still running does not make the workload ready:
+``updatedReplicas`` must match too.
+
+Pure functions over raw objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Verdict", "inference_verdict", "job_verdicts", "pod_problem"]
+
+Obj = dict[str, Any]
+Status = Literal["True", "False", "Unknown"]
+
+WAITING_PROBLEMS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    reason: str
+    message: str
+
+
+def _short(text: str, limit: int = 600) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pod_problem(pod: Obj) -> tuple[str, str] | None:
+    """(reason, message) of what keeps ``pod`` from running, or None."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            reason = cond.get("reason") or "Unschedulable"
+            return reason, f"pod {name}: {_short(cond.get('message') or 'not scheduled')}"
+    statuses = [
+        *(status.get("initContainerStatuses") or ()),
+        *(status.get("containerStatuses") or ()),
+    ]
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in WAITING_PROBLEMS:
+            detail = waiting.get("message") or ""
+            last = ((cs.get("lastState") or {}).get("terminated")) or {}
+            if reason == "CrashLoopBackOff" and last:
+                if last.get("reason") == "OOMKilled":
+                    return "OOMKilled", (
+                        f"pod {name}: container {cs.get('name')} was killed for running out "
+                        "of memory; pick a larger instance type or lower max-model-len"
+                    )
+                detail = (
+                    f"last exit code {last.get('exitCode')}"
+                    + (f": {last['message']}" if last.get("message") else "")
+                    + (f" ({detail})" if detail else "")
+                )
+            return reason, _short(f"pod {name}: container {cs.get('name')}: {reason}: {detail}")
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated.get("reason") == "OOMKilled":
+            return "OOMKilled", f"pod {name}: container {cs.get('name')} was OOMKilled"
+    if status.get("phase") == "Failed":
+        return "PodFailed", f"pod {name} failed: {status.get('message') or status.get('reason')}"
+    return None
+
+
+def _ready_counts(workload: Obj) -> tuple[int, int, int, bool]:
+    """(wanted, ready, updated, observed) of a Deployment or StatefulSet."""
+    spec = workload.get("spec") or {}
+    status = workload.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    observed = int(status.get("observedGeneration") or 0) >= int(
+        workload.get("metadata", {}).get("generation") or 0
+    )
+    return wanted, ready, updated, observed
+
+
+def inference_verdict(workload: Obj | None, pods: Iterable[Obj], *, kind: str) -> Verdict:
+    if workload is None:
+        return Verdict("False", "WorkloadNotCreated", f"the {kind} has not been created yet")
+    wanted, ready, updated, observed = _ready_counts(workload)
+    name = workload["metadata"]["name"]
+    current_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if observed and ready >= wanted and updated >= wanted:
+        return Verdict(
+            "True", "InferenceReady", f"{kind} {name}: {ready}/{wanted} replica(s) ready"
+        )
+    for pod in sorted(current_pods, key=lambda p: p["metadata"]["name"]):
+        problem = pod_problem(pod)
+        if problem is not None:
+            return Verdict("False", problem[0], problem[1])
+    if observed and updated < wanted and ready > 0:
+        return Verdict(
+            "False",
+            "RolloutInProgress",
+            f"{kind} {name}: rolling out a new revision, {updated}/{wanted} updated, {ready} ready",
+        )
+    return Verdict(
+        "False",
+        "InferenceStarting",
+        f"{kind} {name}: {ready}/{wanted} replica(s) ready; the inference server is starting "
+        "(pulling the image and loading the weights can take minutes)",
+    )
+
+
+def _job_condition(job: Obj, type_: str) -> Obj | None:
+    for cond in (job.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def job_verdicts(job: Obj | None, pods: Iterable[Obj]) -> tuple[Verdict, Verdict]:
+    """(JobStarted, WorkspaceReady) of a tuning Workspace's Job."""
+    if job is None:
+        pending = Verdict("False", "JobNotCreated", "the tuning Job has not been created yet")
+        return pending, pending
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    started = bool(status.get("startTime")) or bool(status.get("active"))
+    started_v = (
+        Verdict("True", "JobStarted", f"Job {name} started at {status.get('startTime')}")
+        if started
+        else Verdict("False", "JobPending", f"Job {name} has not started a pod yet")
+    )
+    if _job_condition(job, "Complete") is not None:
+        return started_v, Verdict(
+            "True",
+            "TuningSucceeded",
+            f"Job {name} completed at {status.get('completionTime')}: the adapter is written",
+        )
+    failed = _job_condition(job, "Failed")
+    problems = [p for p in (pod_problem(pod) for pod in pods) if p is not None]
+    if failed is not None:
+        detail = f"; {problems[0][1]}" if problems else ""
+        return started_v, Verdict(
+            "False",
+            "TuningFailed",
+            _short(f"Job {name} failed: {failed.get('message') or failed.get('reason')}{detail}"),
+        )
+    if problems:
+        reason, message = problems[0]
+        return started_v, Verdict("False", reason, message)
+    active = int(status.get("active") or 0)
+    return started_v, Verdict(
+        "False", "TuningInProgress", f"Job {name}: {active} pod(s) running, not yet complete"
+    )

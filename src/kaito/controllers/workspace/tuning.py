@@ -1,0 +1,219 @@
+"""The Job a tuning Workspace runs as (WORKSPACE.md, reconcile step 6).
+
+    resource, job = tuning_job(ws, revision=rev)
+
+A ``batch/v1`` Job named after the Workspace, one pod on the Workspace's GPU node:
+
+- the base model: the tuning container runs the preset's model image, which carries
+  the weights at ``/workspace/weights`` and ``images/tuning`` beside the inference
+  server, so no second copy of the weights is pulled or downloaded;
+- the input at ``/mnt/data``: ``urls`` are fetched by an init container running
+  ``python -m kaito_tuning.download`` (http/https only, size and time limits; the
+  webhook already refused loopback, private, link-local and metadata addresses); an
+  ``image`` is copied from its ``/data`` by an init container running that image; a
+  ``volumeSource`` is mounted read-only;
+- the tuning container: ``python -m kaito_tuning --method <lora|qlora> --model
+  /workspace/weights --data /mnt/data --output /mnt/output``, with the method's
+  defaults (qlora: 4-bit nf4, r=8, alpha=8, in images/tuning) or the user's
+  ``training_config.yaml`` from ``tuning.config`` mounted at ``/mnt/config``;
+- the output at ``/mnt/output``: a ``volumeSource`` is mounted there (the adapter is
+  written straight into it); for an ``image``, an emptyDir plus a ``pusher`` sidecar
+  that waits for the tuning run's completion marker and pushes the directory as an OCI
+  artifact with ``oras``, logging in with the ``imagePushSecret`` (a docker config).
+  The sidecar exits non-zero when the tuning container failed, so the Job fails too.
+
+``restartPolicy: Never`` with ``backoffLimit: 2``: a failed run leaves its pod (and its
+logs, and the termination message the controller surfaces) for the user to read.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace import podspec
+from kaito.presets.catalog import get_preset
+from kaito.runtime.resource import JOBS, Resource
+
+__all__ = [
+    "COMPLETION_MARKER",
+    "DATA_DIR",
+    "OUTPUT_DIR",
+    "PUSHER_IMAGE",
+    "TUNING_CONTAINER",
+    "tuning_job",
+]
+
+Obj = dict[str, Any]
+
+DATA_DIR = "/mnt/data"
+OUTPUT_DIR = "/mnt/output"
+CONFIG_DIR = "/mnt/config"
+CONFIG_FILE = "training_config.yaml"
+WEIGHTS_DIR = "/workspace/weights"
+TUNING_CONTAINER = "tuning"
+COMPLETION_MARKER = "kaito_tuning_complete.json"
+"""What images/tuning writes last into the output directory (kaito_tuning.train)."""
+FAILURE_MARKER = "kaito_tuning_failed"
+PUSHER_IMAGE = "ghcr.io/oras-project/oras:v1.2.0"
+BACKOFF_LIMIT = 2
+
+
+def _input_parts(ws: Workspace, image: str) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """(volumes, tuning-container mounts, init containers) for the training data."""
+    assert ws.tuning is not None
+    assert ws.tuning.input is not None
+    source = ws.tuning.input
+    if source.volume_source:
+        volume = {"name": "data", **copy.deepcopy(source.volume_source)}
+        return [volume], [{"name": "data", "mountPath": DATA_DIR, "readOnly": True}], []
+    volumes = [{"name": "data", "emptyDir": {}}]
+    mount = {"name": "data", "mountPath": DATA_DIR}
+    if source.urls:
+        init: Obj = {
+            "name": "data-downloader",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["python", "-m", "kaito_tuning.download", "--output", DATA_DIR],
+            "args": list(source.urls),
+            "volumeMounts": [mount],
+        }
+    else:
+        init = {
+            "name": "data-image",
+            "image": source.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", f"cp -r /data/. {DATA_DIR}/"],
+            "volumeMounts": [mount],
+        }
+    return volumes, [mount], [init]
+
+
+def _output_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """(volumes, tuning-container mounts, sidecars) for the adapter."""
+    assert ws.tuning is not None
+    assert ws.tuning.output is not None
+    dest = ws.tuning.output
+    if dest.volume_source:
+        volume = {"name": "output", **copy.deepcopy(dest.volume_source)}
+        return [volume], [{"name": "output", "mountPath": OUTPUT_DIR}], []
+    volumes: list[Obj] = [
+        {"name": "output", "emptyDir": {}},
+        {
+            "name": "push-secret",
+            "secret": {
+                "secretName": dest.image_push_secret,
+                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+            },
+        },
+    ]
+    mount = {"name": "output", "mountPath": OUTPUT_DIR}
+    script = (
+        f"until [ -f {OUTPUT_DIR}/{COMPLETION_MARKER} ] || [ -f {OUTPUT_DIR}/{FAILURE_MARKER} ]; "
+        "do sleep 5; done; "
+        f'if [ -f {OUTPUT_DIR}/{FAILURE_MARKER} ]; then echo "tuning failed; nothing to push"; '
+        "exit 1; fi; "
+        f"cd {OUTPUT_DIR} && oras push {dest.image} "
+        "--artifact-type application/vnd.kaito.adapter.v1 ."
+    )
+    pusher: Obj = {
+        "name": "pusher",
+        "image": PUSHER_IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c", script],
+        "env": [{"name": "DOCKER_CONFIG", "value": "/root/.docker"}],
+        "volumeMounts": [
+            mount,
+            {"name": "push-secret", "mountPath": "/root/.docker", "readOnly": True},
+        ],
+    }
+    return volumes, [mount], [pusher]
+
+
+def _tuning_command(ws: Workspace, *, pushes: bool) -> list[str]:
+    assert ws.tuning is not None
+    argv = [
+        "python",
+        "-m",
+        "kaito_tuning",
+        "--method",
+        ws.tuning.method or "qlora",
+        "--model",
+        WEIGHTS_DIR,
+        "--data",
+        DATA_DIR,
+        "--output",
+        OUTPUT_DIR,
+    ]
+    if ws.tuning.config:
+        argv += ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+    if not pushes:
+        return argv
+    # Tell the pusher sidecar that the run failed, so that the Job fails rather than
+    # the sidecar waiting forever for a completion marker.
+    quoted = " ".join(argv)
+    return [
+        "/bin/sh",
+        "-c",
+        f"{quoted} || {{ rc=$?; touch {OUTPUT_DIR}/{FAILURE_MARKER}; exit $rc; }}",
+    ]
+
+
+def tuning_job(ws: Workspace, *, revision: str) -> tuple[Resource, Obj]:
+    """The tuning Job of ``ws``, carrying its spec hash. Raises ValueError for a preset
+    the catalog does not have."""
+    assert ws.tuning is not None
+    assert ws.tuning.preset is not None
+    spec = ws.tuning.preset
+    preset = get_preset(spec.name)
+    if preset is None:
+        raise ValueError(f"preset {spec.name} is not in the catalog")
+    options = spec.options
+    image = options.image if spec.access_mode == "private" and options.image else preset.image
+    in_volumes, in_mounts, inits = _input_parts(ws, image)
+    out_volumes, out_mounts, sidecars = _output_parts(ws)
+    shm, shm_mount = podspec.shm_volume()
+    volumes = [shm, *in_volumes, *out_volumes]
+    mounts = [shm_mount, *in_mounts, *out_mounts]
+    if ws.tuning.config:
+        volumes.append({"name": "config", "configMap": {"name": ws.tuning.config}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    container: Obj = {
+        "name": TUNING_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": _tuning_command(ws, pushes=bool(sidecars)),
+        "resources": podspec.gpu_resources(podspec.gpus_per_node(ws, preset)),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pull_secrets = [*options.image_pull_secrets]
+    if ws.tuning.input is not None:
+        pull_secrets += ws.tuning.input.image_pull_secrets
+    pod: Obj = {
+        **podspec.scheduling(ws),
+        "restartPolicy": "Never",
+        "containers": [container, *sidecars],
+        "volumes": volumes,
+    }
+    if inits:
+        pod["initContainers"] = inits
+    if pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(pull_secrets)]
+    job: Obj = {
+        "apiVersion": JOBS.api_version,
+        "kind": JOBS.kind,
+        "metadata": podspec.object_meta(ws, ws.metadata.name),
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "template": {
+                "metadata": {
+                    "labels": podspec.pod_labels(ws),
+                    "annotations": {ANNOTATION_REVISION: revision},
+                },
+                "spec": pod,
+            },
+        },
+    }
+    return JOBS, podspec.with_spec_hash(job)

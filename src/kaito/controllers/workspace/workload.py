@@ -1,0 +1,240 @@
+"""Keep a Workspace's workload as wanted and fold its state into conditions (steps 5-7).
+
+    sync = WorkloadSync(client=..., caches=WorkloadCaches(...), recorder=..., field_manager=...)
+    await sync.inference(ws, obj, status, revision=rev, resources_ready=True)
+    await sync.tuning(ws, obj, status, revision=rev, resources_ready=True)
+
+Writes are server-side applies (field manager ``workspace-controller``, forced: the
+controller owns these objects), made only when the live object's ``kaito.sh/spec-hash``
+differs from the desired one, so a steady-state reconcile reads caches and writes
+nothing. A changed Workspace changes the pod template's revision annotation, and the
+Deployment/StatefulSet controller rolls the pods (step 7).
+
+A Job's pod template is immutable: a tuning Job whose desired spec changed is deleted
+(and re-created on the reconcile its deletion triggers) unless it already succeeded,
+in which case its adapter stands and the change is reported in an Event.
+
+Nothing is applied before ``ResourceReady``: pods would only sit Pending on nodes that
+do not exist yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
+from kaito.controllers.workspace import podspec
+from kaito.controllers.workspace.inference import inference_objects
+from kaito.controllers.workspace.readiness import Verdict, inference_verdict, job_verdicts
+from kaito.controllers.workspace.status import StatusDraft
+from kaito.controllers.workspace.tuning import tuning_job
+from kaito.runtime.cache import Cache
+from kaito.runtime.client import Client
+from kaito.runtime.errors import NotFound
+from kaito.runtime.events import EventRecorder, EventType
+from kaito.runtime.resource import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    JOBS,
+    SERVICES,
+    STATEFULSETS,
+    Resource,
+)
+
+__all__ = ["WORKLOAD_SELECTOR", "WorkloadCaches", "WorkloadSync"]
+
+log = structlog.get_logger("kaito.controllers.workspace")
+
+Obj = dict[str, Any]
+
+WORKLOAD_SELECTOR = LABEL_WORKSPACE
+"""Label selector (key exists) of every cache of objects the controller creates."""
+
+INFERENCE_READY = ConditionType.INFERENCE_READY
+JOB_STARTED = ConditionType.JOB_STARTED
+WORKSPACE_READY = ConditionType.WORKSPACE_READY
+WORKSPACE_SUCCEEDED = ConditionType.WORKSPACE_SUCCEEDED
+RESOURCE_READY = ConditionType.RESOURCE_READY
+
+
+@dataclass(frozen=True)
+class WorkloadCaches:
+    deployments: Cache
+    statefulsets: Cache
+    services: Cache
+    configmaps: Cache
+    jobs: Cache
+    pods: Cache
+
+    def for_resource(self, res: Resource) -> Cache:
+        return {
+            DEPLOYMENTS: self.deployments,
+            STATEFULSETS: self.statefulsets,
+            SERVICES: self.services,
+            CONFIGMAPS: self.configmaps,
+            JOBS: self.jobs,
+        }[res]
+
+
+class WorkloadSync:
+    def __init__(
+        self,
+        *,
+        client: Client,
+        caches: WorkloadCaches,
+        recorder: EventRecorder,
+        field_manager: str,
+    ) -> None:
+        self.client = client
+        self.caches = caches
+        self.recorder = recorder
+        self.field_manager = field_manager
+
+    def _pods(self, ws: Workspace) -> list[Obj]:
+        return self.caches.pods.list(
+            ws.metadata.namespace, label_selector=f"{LABEL_WORKSPACE}={ws.metadata.name}"
+        )
+
+    async def _apply(self, ws: Workspace, obj: Obj, res: Resource, body: Obj) -> Obj:
+        """Apply ``body`` unless the live object already has its spec hash; the live one."""
+        meta = body["metadata"]
+        live = self.caches.for_resource(res).get_by_name(meta["name"], meta["namespace"])
+        want = podspec.live_spec_hash(body)
+        if live is not None and podspec.live_spec_hash(live) == want:
+            return live
+        applied = await self.client.apply(res, body, field_manager=self.field_manager)
+        verb = "created" if live is None else "updated"
+        reason = "WorkloadCreated" if live is None else "WorkloadUpdated"
+        self.recorder.event(obj, EventType.NORMAL, reason, f"{verb} {res.kind} {meta['name']}")
+        log.info(
+            f"{res.kind.lower()} {verb}",
+            workspace=f"{ws.metadata.namespace}/{ws.metadata.name}",
+            name=meta["name"],
+            spec_hash=want,
+        )
+        return applied
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def inference(
+        self, ws: Workspace, obj: Obj, status: StatusDraft, *, revision: str, resources_ready: bool
+    ) -> None:
+        workload: Obj | None = None
+        kind = "Deployment"
+        if resources_ready:
+            try:
+                objects = inference_objects(ws, revision=revision)
+            except ValueError as e:
+                status.set(INFERENCE_READY, "False", "PresetNotFound", str(e))
+                _workspace_ready(status)
+                return
+            for res, body in objects:
+                live = await self._apply(ws, obj, res, body)
+                if res in (DEPLOYMENTS, STATEFULSETS):
+                    workload, kind = live, res.kind
+        else:
+            for res in (DEPLOYMENTS, STATEFULSETS):
+                found = self.caches.for_resource(res).get_by_name(
+                    ws.metadata.name, ws.metadata.namespace
+                )
+                if found is not None:
+                    workload, kind = found, res.kind
+        if workload is None and not resources_ready:
+            verdict = Verdict(
+                "False", "ResourceNotReady", "waiting for the GPU nodes (see ResourceReady)"
+            )
+        else:
+            verdict = inference_verdict(workload, self._pods(ws), kind=kind)
+        was_ready = status.is_true(INFERENCE_READY)
+        changed = status.set(INFERENCE_READY, verdict.status, verdict.reason, verdict.message)
+        if verdict.status == "True" and not was_ready:
+            self.recorder.event(obj, EventType.NORMAL, "InferenceReady", verdict.message)
+        elif changed and verdict.status == "False" and verdict.reason not in _TRANSIENT:
+            self.recorder.event(obj, EventType.WARNING, verdict.reason, verdict.message)
+        _workspace_ready(status)
+
+    # -- tuning ------------------------------------------------------------------------------
+
+    async def tuning(
+        self, ws: Workspace, obj: Obj, status: StatusDraft, *, revision: str, resources_ready: bool
+    ) -> None:
+        job = self.caches.jobs.get_by_name(ws.metadata.name, ws.metadata.namespace)
+        if resources_ready:
+            try:
+                _res, body = tuning_job(ws, revision=revision)
+            except ValueError as e:
+                for type_ in (JOB_STARTED, WORKSPACE_READY, WORKSPACE_SUCCEEDED):
+                    status.set(type_, "False", "PresetNotFound", str(e))
+                return
+            job = await self._sync_job(ws, obj, job, body)
+        if job is None and not resources_ready:
+            waiting = Verdict(
+                "False", "ResourceNotReady", "waiting for the GPU nodes (see ResourceReady)"
+            )
+            started, done = waiting, waiting
+        else:
+            started, done = job_verdicts(job, self._pods(ws))
+        was_done = status.is_true(WORKSPACE_READY)
+        status.set(JOB_STARTED, started.status, started.reason, started.message)
+        changed = status.set(WORKSPACE_READY, done.status, done.reason, done.message)
+        status.set(WORKSPACE_SUCCEEDED, done.status, done.reason, done.message)
+        if done.status == "True" and not was_done:
+            self.recorder.event(obj, EventType.NORMAL, "TuningSucceeded", done.message)
+        elif changed and done.reason == "TuningFailed":
+            self.recorder.event(obj, EventType.WARNING, "TuningFailed", done.message)
+
+    async def _sync_job(self, ws: Workspace, obj: Obj, live: Obj | None, body: Obj) -> Obj | None:
+        if live is None:
+            return await self._apply(ws, obj, JOBS, body)
+        if podspec.live_spec_hash(live) == podspec.live_spec_hash(body):
+            return live
+        name = live["metadata"]["name"]
+        succeeded = any(
+            c.get("type") == "Complete" and c.get("status") == "True"
+            for c in (live.get("status") or {}).get("conditions") or ()
+        )
+        if succeeded:
+            self.recorder.event(
+                obj,
+                EventType.NORMAL,
+                "TuningSpecChanged",
+                f"the tuning spec changed after Job {name} succeeded; its adapter stands "
+                "(create a new Workspace to tune again)",
+            )
+            return live
+        if not live["metadata"].get("deletionTimestamp"):
+            with contextlib.suppress(NotFound):
+                await self.client.delete(
+                    JOBS, name, ws.metadata.namespace, propagation_policy="Background"
+                )
+            self.recorder.event(
+                obj,
+                EventType.NORMAL,
+                "WorkloadReplaced",
+                f"the tuning spec changed: deleted Job {name} to run it again",
+            )
+        return None
+
+
+_TRANSIENT = frozenset(
+    {"InferenceStarting", "RolloutInProgress", "WorkloadNotCreated", "ResourceNotReady"}
+)
+
+
+def _workspace_ready(status: StatusDraft) -> None:
+    """``WorkspaceReady`` (and ``WorkspaceSucceeded``) = ResourceReady and InferenceReady."""
+    for type_ in (RESOURCE_READY, INFERENCE_READY):
+        cond = status.get(type_)
+        if cond is None or cond.get("status") != "True":
+            reason = (cond or {}).get("reason") or "Pending"
+            message = f"{type_} is not True: {(cond or {}).get('message') or 'not yet reported'}"
+            status.set(WORKSPACE_READY, "False", reason, message)
+            status.set(WORKSPACE_SUCCEEDED, "False", reason, message)
+            return
+    message = "the GPU nodes are ready and the inference server answers"
+    status.set(WORKSPACE_READY, "True", "WorkspaceReady", message)
+    status.set(WORKSPACE_SUCCEEDED, "True", "WorkspaceReady", message)

@@ -1,0 +1,95 @@
+"""InferenceReady / JobStarted / WorkspaceReady from workload and pod status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaito.controllers.workspace.readiness import inference_verdict, job_verdicts, pod_problem
+
+Obj = dict[str, Any]
+
+
+def deployment(replicas: int = 1, ready: int = 0, updated: int = 0, gen: int = 1) -> Obj:
+    return {
+        "metadata": {"name": "ws", "generation": gen},
+        "spec": {"replicas": replicas},
+        "status": {"readyReplicas": ready, "updatedReplicas": updated, "observedGeneration": gen},
+    }
+
+
+def pod(name: str = "ws-abc", **status: Any) -> Obj:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def waiting(reason: str, message: str = "", last: Obj | None = None) -> Obj:
+    cs: Obj = {"name": "inference", "state": {"waiting": {"reason": reason, "message": message}}}
+    if last:
+        cs["lastState"] = {"terminated": last}
+    return cs
+
+
+def test_ready_when_every_replica_of_the_current_revision_is_ready() -> None:
+    v = inference_verdict(deployment(2, 2, 2), [], kind="Deployment")
+    assert (v.status, v.reason) == ("True", "InferenceReady")
+    assert "2/2" in v.message
+
+
+def test_image_pull_backoff_is_reported_with_kubelets_message() -> None:
+    p = pod(containerStatuses=[waiting("ImagePullBackOff", 'Back-off pulling image "x"')])
+    v = inference_verdict(deployment(), [p], kind="Deployment")
+    assert (v.status, v.reason) == ("False", "ImagePullBackOff")
+    assert 'Back-off pulling image "x"' in v.message
+    assert "ws-abc" in v.message
+
+
+def test_crash_loop_carries_the_last_exit_and_log_tail_and_oom_is_named() -> None:
+    crash = waiting("CrashLoopBackOff", "back-off 10s", {"exitCode": 3, "message": "boom"})
+    v = inference_verdict(deployment(), [pod(containerStatuses=[crash])], kind="Deployment")
+    assert v.reason == "CrashLoopBackOff"
+    assert "last exit code 3: boom" in v.message
+    oom = waiting("CrashLoopBackOff", "", {"exitCode": 137, "reason": "OOMKilled"})
+    v = inference_verdict(deployment(), [pod(containerStatuses=[oom])], kind="Deployment")
+    assert v.reason == "OOMKilled"
+
+
+def test_unschedulable_carries_the_schedulers_message() -> None:
+    p = pod(
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ]
+    )
+    assert pod_problem(p) == (
+        "Unschedulable",
+        "pod ws-abc: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    )
+
+
+def test_starting_and_rollout_in_progress() -> None:
+    v = inference_verdict(deployment(1, 0, 1), [pod()], kind="Deployment")
+    assert v.reason == "InferenceStarting"
+    v = inference_verdict(deployment(2, 1, 1), [pod()], kind="Deployment")
+    assert v.reason == "RolloutInProgress"
+    stale = deployment(1, 1, 1, gen=2)
+    stale["status"]["observedGeneration"] = 1
+    assert inference_verdict(stale, [], kind="Deployment").status == "False"
+
+
+def test_job_verdicts() -> None:
+    started, done = job_verdicts(None, [])
+    assert (started.reason, done.reason) == ("JobNotCreated", "JobNotCreated")
+    job: Obj = {"metadata": {"name": "t"}, "status": {"startTime": "x", "active": 1}}
+    started, done = job_verdicts(job, [])
+    assert (started.status, done.reason) == ("True", "TuningInProgress")
+    job["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
+    assert job_verdicts(job, [])[1].reason == "TuningSucceeded"
+    job["status"]["conditions"] = [
+        {"type": "Failed", "status": "True", "message": "Job has reached the backoff limit"}
+    ]
+    _, done = job_verdicts(job, [])
+    assert (done.status, done.reason) == ("False", "TuningFailed")
+    assert "backoff limit" in done.message

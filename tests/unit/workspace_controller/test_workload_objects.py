@@ -1,0 +1,287 @@
+"""The inference workload and the tuning Job a Workspace asks for: shapes, not I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace import podspec
+from kaito.controllers.workspace.inference import inference_objects
+from kaito.controllers.workspace.tuning import tuning_job
+from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STATEFULSETS
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+REV = "a" * 64
+
+Obj = dict[str, Any]
+
+
+def workspace(body: Obj, namespace: str = "default") -> Workspace:
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace, "uid": "u-1"}}
+    return Workspace.model_validate(body)
+
+
+def example(name: str) -> Workspace:
+    return workspace(yaml.safe_load((EXAMPLES / name).read_text()))
+
+
+def by_kind(objs: list[tuple[Any, Obj]]) -> dict[str, Obj]:
+    return {body["kind"]: body for _, body in objs}
+
+
+def test_quick_start_runs_a_deployment_with_all_gpus_probes_and_gpu_scheduling() -> None:
+    ws = example("kaito_workspace_phi_3.yaml")
+    objs = inference_objects(ws, revision=REV)
+    assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, DEPLOYMENTS]
+    kinds = by_kind(objs)
+    dep = kinds["Deployment"]
+    assert dep["metadata"]["name"] == "workspace-phi-3-mini"
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "Workspace",
+        "workspace-phi-3-mini",
+        "u-1",
+        True,
+    )
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    template = dep["spec"]["template"]
+    assert template["metadata"]["annotations"][ANNOTATION_REVISION] == REV
+    # V100 cannot run vLLM: the transformers engine, and the template says why.
+    assert template["metadata"]["annotations"]["kaito.sh/runtime-selected"].startswith(
+        "transformers: Standard_NC6s_v3 has V100"
+    )
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    cmd = container["command"]
+    assert cmd[:3] == ["python", "-m", "kaito_inference"]
+    assert cmd[cmd.index("--engine") + 1] == "transformers"
+    assert cmd[cmd.index("--served-model-name") + 1] == "phi-3-mini-4k-instruct"
+    assert cmd[cmd.index("--dtype") + 1] == "float16"  # bfloat16 lowered on V100
+    assert cmd[cmd.index("--config-file") + 1] == "/mnt/config/inference_config.yaml"
+    assert "--enable-lora" not in cmd
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": 5000, "scheme": "HTTP"}
+    assert (
+        container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
+        >= 30 * 60
+    )
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": "apps", "operator": "In", "values": ["phi-3"]}]}
+    ]
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+
+    svc = kinds["Service"]
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": 5000, "protocol": "TCP"}
+    ]
+    assert svc["spec"]["selector"] == {"kaito.sh/workspace": "workspace-phi-3-mini"}
+    config = yaml.safe_load(kinds["ConfigMap"]["data"]["inference_config.yaml"])
+    assert config == {"transformers": {"dtype": "bfloat16", "max_model_len": 4096}}
+    for _, body in objs:
+        assert body["metadata"]["labels"] == {
+            "kaito.sh/workspace": "workspace-phi-3-mini",
+            "kaito.sh/workspacenamespace": "default",
+        }
+        assert len(body["metadata"]["annotations"][podspec.ANNOTATION_SPEC_HASH]) == 16
+
+
+def test_adapter_image_gets_an_init_container_env_and_lora_flags() -> None:
+    ws = example("kaito_workspace_phi_3_with_adapters.yaml")
+    pod = by_kind(inference_objects(ws, revision=REV))["Deployment"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == "myacr.azurecr.io/adapter:0.0.1"
+    assert init["command"][-1] == (
+        "mkdir -p /mnt/adapter/phi-3-adapter && cp -r /data/. /mnt/adapter/phi-3-adapter/"
+    )
+    (container,) = pod["containers"]
+    assert container["env"] == [{"name": "phi-3-adapter", "value": "1.0"}]
+    cmd = container["command"]
+    assert cmd[cmd.index("--adapters-dir") + 1] == "/mnt/adapter"
+    assert "--enable-lora" in cmd
+    assert {"name": "adapters", "mountPath": "/mnt/adapter"} in container["volumeMounts"]
+
+
+def test_adapter_from_a_volume_is_mounted_read_only_under_its_name() -> None:
+    ws = example("kaito_workspace_phi_3_with_adapters.yaml")
+    body = ws.model_dump(by_alias=True, exclude_none=True)
+    body["inference"]["adapters"][0]["source"] = {
+        "name": "tuned",
+        "volumeSource": {"hostPath": {"path": "/srv/adapters/tuned"}},
+    }
+    body["inference"]["adapters"][0]["strength"] = "0.5"
+    ws2 = workspace(body)
+    pod = by_kind(inference_objects(ws2, revision=REV))["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert {"name": "adapter-0", "hostPath": {"path": "/srv/adapters/tuned"}} in pod["volumes"]
+    (container,) = pod["containers"]
+    assert {"name": "adapter-0", "mountPath": "/mnt/adapter/tuned", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert container["env"] == [{"name": "tuned", "value": "0.5"}]
+
+
+def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_service() -> None:
+    ws = workspace(
+        {
+            "metadata": {"name": "llama-70b", "annotations": {}},
+            "resource": {
+                "instanceType": "Standard_NC96ads_A100_v4",
+                "count": 2,
+                "labelSelector": {"matchLabels": {"apps": "llama"}},
+            },
+            "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        }
+    )
+    objs = inference_objects(ws, revision=REV)
+    assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, SERVICES, STATEFULSETS]
+    main, headless, sts = objs[1][1], objs[2][1], objs[3][1]
+    assert main["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "llama-70b-0"
+    assert [p["port"] for p in main["spec"]["ports"]] == [80, 29500]
+    assert headless["metadata"]["name"] == "llama-70b-headless"
+    assert headless["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == "llama-70b-headless"
+    assert sts["spec"]["replicas"] == 2
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    assert cmd[cmd.index("--engine") + 1] == "vllm"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "4"
+    assert cmd[cmd.index("--pipeline-parallel-size") + 1] == "2"
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+
+
+def test_load_balancer_annotation_and_runtime_annotation() -> None:
+    body = yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text())
+    body["metadata"]["annotations"] = {"kaito.sh/enablelb": "True", "kaito.sh/runtime": "vllm"}
+    body["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
+    kinds = by_kind(inference_objects(workspace(body), revision=REV))
+    assert kinds["Service"]["spec"]["type"] == "LoadBalancer"
+    cmd = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--engine") + 1] == "vllm"
+    assert "--gpu-memory-utilization" in cmd
+
+
+def test_a_custom_template_keeps_its_containers_and_gains_gpu_scheduling() -> None:
+    ws = workspace(
+        {
+            "metadata": {"name": "custom"},
+            "resource": {
+                "instanceType": "Standard_NC6s_v3",
+                "labelSelector": {"matchLabels": {"apps": "custom"}},
+            },
+            "inference": {
+                "template": {
+                    "metadata": {"labels": {"team": "a"}},
+                    "spec": {"containers": [{"name": "srv", "image": "my/image:1"}]},
+                }
+            },
+        }
+    )
+    objs = inference_objects(ws, revision=REV)
+    assert [r for r, _ in objs] == [SERVICES, DEPLOYMENTS]
+    template = objs[1][1]["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "a"
+    assert template["metadata"]["labels"]["kaito.sh/workspace"] == "custom"
+    assert template["spec"]["containers"] == [{"name": "srv", "image": "my/image:1"}]
+    assert template["spec"]["tolerations"]
+
+
+def test_spec_hash_changes_with_the_revision_and_only_then() -> None:
+    ws = example("kaito_workspace_phi_3.yaml")
+    one = by_kind(inference_objects(ws, revision=REV))["Deployment"]
+    again = by_kind(inference_objects(ws, revision=REV))["Deployment"]
+    other = by_kind(inference_objects(ws, revision="b" * 64))["Deployment"]
+    assert podspec.live_spec_hash(one) == podspec.live_spec_hash(again)
+    assert podspec.live_spec_hash(one) != podspec.live_spec_hash(other)
+
+
+def tuning_workspace(input_: Obj, output: Obj, **extra: Any) -> Workspace:
+    return workspace(
+        {
+            "metadata": {"name": "tune-phi-3"},
+            "resource": {
+                "instanceType": "Standard_NC24ads_A100_v4",
+                "labelSelector": {"matchLabels": {"apps": "tune"}},
+            },
+            "tuning": {
+                "preset": {"name": "phi-3-mini-4k-instruct"},
+                "method": "qlora",
+                "input": input_,
+                "output": output,
+                **extra,
+            },
+        }
+    )
+
+
+def test_tuning_with_urls_downloads_then_pushes_with_a_sidecar() -> None:
+    ws = tuning_workspace(
+        {"urls": ["https://example.com/data.jsonl"]},
+        {"image": "myacr.azurecr.io/out:0.0.1", "imagePushSecret": "acr-secret"},
+        config="my-training-config",
+    )
+    res, job = tuning_job(ws, revision=REV)
+    assert res is JOBS
+    assert job["metadata"]["name"] == "tune-phi-3"
+    assert job["spec"]["backoffLimit"] == 2
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["python", "-m", "kaito_tuning.download", "--output", "/mnt/data"]
+    assert init["args"] == ["https://example.com/data.jsonl"]
+    tuning, pusher = pod["containers"]
+    assert tuning["image"] == init["image"]  # the preset's image: weights + kaito_tuning
+    script = tuning["command"][-1]
+    assert script.startswith(
+        "python -m kaito_tuning --method qlora --model /workspace/weights --data /mnt/data "
+        "--output /mnt/output --config /mnt/config/training_config.yaml || "
+    )
+    assert tuning["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert "oras push myacr.azurecr.io/out:0.0.1" in pusher["command"][-1]
+    assert {
+        "name": "push-secret",
+        "secret": {
+            "secretName": "acr-secret",
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+        },
+    } in pod["volumes"]
+    assert {"name": "config", "configMap": {"name": "my-training-config"}} in pod["volumes"]
+
+
+def test_tuning_with_volumes_mounts_them_and_runs_the_tuner_directly() -> None:
+    ws = tuning_workspace(
+        {"volumeSource": {"hostPath": {"path": "/srv/data"}}},
+        {"volumeSource": {"hostPath": {"path": "/srv/out"}}},
+    )
+    _, job = tuning_job(ws, revision=REV)
+    pod = job["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    (tuning,) = pod["containers"]
+    assert tuning["command"] == [
+        "python",
+        "-m",
+        "kaito_tuning",
+        "--method",
+        "qlora",
+        "--model",
+        "/workspace/weights",
+        "--data",
+        "/mnt/data",
+        "--output",
+        "/mnt/output",
+    ]
+    assert {"name": "data", "hostPath": {"path": "/srv/data"}} in pod["volumes"]
+    assert {"name": "output", "mountPath": "/mnt/output"} in tuning["volumeMounts"]
+    assert {"name": "data", "mountPath": "/mnt/data", "readOnly": True} in tuning["volumeMounts"]
