@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+.DEFAULT_GOAL := setup
+include mk/inference.mk
+
 .PHONY: setup control-plane test test-unit lint fmt demo demo-down bench-runtime clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -20,7 +23,7 @@ control-plane:
 
 setup: $(STAMP) control-plane
 
-test: setup
+test: setup $(INF_STAMP)
 	$(BIN)/pytest tests
 	$(MAKE) test-inference
 
@@ -54,4 +57,3 @@ bench-runtime: setup
 clean: clean-inference
 	rm -rf $(VENV) .kaito .pytest_cache .mypy_cache .ruff_cache
 
-include mk/inference.mk
