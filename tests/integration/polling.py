@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 
 async def poll_until(
-    read: Callable[[], Awaitable[Obj | None]],
-    until: Callable[[Obj | None], bool],
+    read: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
     *,
     timeout: float,
     what: str,
     interval: float = 0.05,
-) -> Obj | None:
+) -> T:
     """``read()`` every ``interval`` s until ``until(result)``; return that result."""
-    last: Obj | None = None
+    last: T | None = None
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -28,5 +29,5 @@ async def poll_until(
                     return last
                 await asyncio.sleep(interval)
     except TimeoutError:
-        status = (last or {}).get("status")
+        status = last.get("status") if isinstance(last, dict) else last
         raise AssertionError(f"{what} did not get there in {timeout}s: {status}") from None

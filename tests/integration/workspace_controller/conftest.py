@@ -27,6 +27,7 @@ import pytest
 
 from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
+from kaito.controllers.workspace.provisioning import Provisioning
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -155,10 +156,11 @@ class WsRig:
 
     # -- the controller ---------------------------------------------------------------------
 
-    def start(self) -> WorkspaceController:
+    def start(self, provisioning: Provisioning | None = None) -> WorkspaceController:
         assert self._task is None, "stop or kill the running controller first"
         self.controller = WorkspaceController(
             self.client,
+            provisioning=provisioning,
             manager_options=ManagerOptions(
                 component="workspace-controller",
                 namespace=self.namespace,

@@ -26,10 +26,10 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES, ConditionType, Workspace
 from kaito.controllers.workspace import machines as mach
 from kaito.controllers.workspace import nodes as nd
+from kaito.controllers.workspace.provisioning import NODECLAIM_READY, Provisioning
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
 from kaito.controllers.workspace.webhook import WebhookOptions, run_with_manager
 from kaito.controllers.workspace.workload import WORKLOAD_SELECTOR, WorkloadCaches
@@ -127,7 +127,7 @@ def workspace_state(obj: Obj) -> str:
     conds = {c.get("type"): c.get("status") for c in obj.get("status", {}).get("conditions") or ()}
     if conds.get(ConditionType.RESOURCE_READY) == "True":
         return "ready"
-    if conds.get(ConditionType.MACHINE_READY) == "False":
+    if "False" in (conds.get(ConditionType.MACHINE_READY), conds.get(NODECLAIM_READY)):
         return "failed"
     return "provisioning"
 
@@ -201,12 +201,19 @@ class WorkspaceController:
         *,
         manager_options: ManagerOptions | None = None,
         workers: int = 5,
+        provisioning: Provisioning | None = None,
     ) -> None:
+        provisioning = provisioning or Provisioning()
         self.manager = Manager(
             client, manager_options or ManagerOptions(component="workspace-controller")
         )
         workspaces = self.manager.informer(WORKSPACES)
-        machines = self.manager.informer(MACHINES, label_selector=WORKLOAD_SELECTOR)
+        claims = provisioning.resource
+        machines = (
+            self.manager.informer(claims, label_selector=WORKLOAD_SELECTOR).cache
+            if claims is not None
+            else Cache()  # byo: nothing is provisioned, nothing to watch
+        )
         nodes = self.manager.informer(NODES)
 
         def owned(resource: Resource) -> Cache:
@@ -215,9 +222,10 @@ class WorkspaceController:
         self.reconciler = WorkspaceReconciler(
             client=client,
             workspaces=workspaces.cache,
-            machines=machines.cache,
+            machines=machines,
             nodes=nodes.cache,
             recorder=self.manager.recorder,
+            provisioning=provisioning,
             workload=WorkloadCaches(
                 deployments=owned(DEPLOYMENTS),
                 statefulsets=owned(STATEFULSETS),
@@ -233,17 +241,15 @@ class WorkspaceController:
                 "workspace", self.reconciler.reconcile, max_concurrent_reconciles=workers
             )
             .for_(WORKSPACES, predicates=[SPEC_OR_METADATA_CHANGED])
-            .watches(
-                MACHINES,
-                machine_to_workspace,
-                predicates=changed,
-                label_selector=WORKLOAD_SELECTOR,
-            )
             .watches(NODES, node_to_workspaces(workspaces.cache), predicates=[NODE_CHANGED])
             .watches(
                 PODS, machine_to_workspace, predicates=changed, label_selector=WORKLOAD_SELECTOR
             )
         )
+        if claims is not None:
+            builder.watches(
+                claims, machine_to_workspace, predicates=changed, label_selector=WORKLOAD_SELECTOR
+            )
         for resource in (DEPLOYMENTS, STATEFULSETS, SERVICES, CONFIGMAPS, JOBS):
             builder.owns(resource, predicates=changed, label_selector=WORKLOAD_SELECTOR)
         self._workspaces = workspaces.cache

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from kaito.controllers.workspace import webhook
+from kaito.controllers.workspace.provisioning import Mode, Provisioning
 from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
 
 __all__ = ["add_commands"]
@@ -32,6 +33,13 @@ def add_commands(sub: Any) -> None:
     add_manager_arguments(p)
     p.add_argument("--workers", type=int, default=5, help="concurrent reconciles (default 5)")
     p.add_argument("--no-webhook", action="store_true", help="do not serve the validating webhook")
+    p.add_argument(
+        "--node-provisioning-mode",
+        choices=[m.value for m in Mode],
+        default=Mode.MACHINE.value,
+        help="how missing GPU nodes are made: machine (KAITO's gpu-provisioner, default), "
+        "nodeclaim (Karpenter v1 NodeClaims) or byo (never: bring your own nodes)",
+    )
     webhook.add_arguments(p)
     p.set_defaults(func=cmd_workspace_controller)
 
@@ -48,6 +56,7 @@ async def _run(args: argparse.Namespace) -> int:
         ctrl = WorkspaceController(
             client,
             workers=args.workers,
+            provisioning=Provisioning(Mode(args.node_provisioning_mode)),
             manager_options=manager_options(
                 args, component="workspace-controller", leader_election_id="workspace-controller"
             ),
@@ -56,6 +65,7 @@ async def _run(args: argparse.Namespace) -> int:
             "workspace-controller starting",
             workers=args.workers,
             leader_elect=args.leader_elect,
+            node_provisioning_mode=args.node_provisioning_mode,
             webhook=not args.no_webhook,
         )
         hook = None if args.no_webhook else webhook.options_from_args(args)

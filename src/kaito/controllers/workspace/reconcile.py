@@ -37,7 +37,6 @@ from typing import Any
 import orjson
 import structlog
 
-from kaito.api.machine import MACHINES
 from kaito.api.workspace import (
     ANNOTATION_REVISION,
     FINALIZER,
@@ -49,6 +48,7 @@ from kaito.api.workspace import (
 )
 from kaito.controllers.workspace import machines as mach
 from kaito.controllers.workspace import nodes as nd
+from kaito.controllers.workspace.provisioning import Provisioning
 from kaito.controllers.workspace.status import StatusDraft
 from kaito.controllers.workspace.workload import WorkloadCaches, WorkloadSync
 from kaito.presets.catalog import get_preset
@@ -69,7 +69,6 @@ Obj = dict[str, Any]
 DEFAULT_DISK = "100Gi"
 """The Machines' disk when the Workspace runs a custom template (no preset to ask)."""
 
-MACHINE_READY = ConditionType.MACHINE_READY
 RESOURCE_READY = ConditionType.RESOURCE_READY
 WORKSPACE_DELETING = ConditionType.WORKSPACE_DELETING
 
@@ -78,6 +77,11 @@ def revision_hash(obj: Obj) -> str:
     """sha256 of (resource, inference, tuning) as canonical JSON: what rolls the workload."""
     spec = {k: obj.get(k) for k in ("resource", "inference", "tuning")}
     return hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _selector_text(ws: Workspace) -> str:
+    labels = ws.resource.label_selector.match_labels
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
 
 
 def machine_selector(namespace: str, name: str) -> str:
@@ -112,9 +116,11 @@ class WorkspaceReconciler:
         nodes: Cache,
         recorder: EventRecorder,
         workload: WorkloadCaches,
+        provisioning: Provisioning | None = None,
         field_manager: str = "workspace-controller",
     ) -> None:
         self.client = client
+        self.provisioning = provisioning or Provisioning()
         self.workload = WorkloadSync(
             client=client, caches=workload, recorder=recorder, field_manager=field_manager
         )
@@ -208,7 +214,12 @@ class WorkspaceReconciler:
         ws = ctx.ws
         storage = self._storage(ctx)
         count = ws.resource.count
-        ours = self.machines.list(label_selector=machine_selector(ctx.namespace, ctx.name))
+        claims = self.provisioning.resource
+        ours = (
+            self.machines.list(label_selector=machine_selector(ctx.namespace, ctx.name))
+            if claims is not None
+            else []
+        )
         our_nodes = {m.get("status", {}).get("nodeName") for m in ours} - {None}
         preferred = set(ws.resource.preferred_nodes)
 
@@ -221,14 +232,16 @@ class WorkspaceReconciler:
             return name in preferred or mach.workspace_of(node) is None
 
         existing = [n for n in nd.ordered_candidates(ws, self.nodes.all()) if free(n)][:count]
-        wanted = [
-            mach.machine_name(ctx.namespace, ctx.name, i) for i in range(count - len(existing))
-        ]
+        shortfall = count - len(existing) if claims is not None else 0
+        wanted = [mach.machine_name(ctx.namespace, ctx.name, i) for i in range(shortfall)]
         have = {m["metadata"]["name"] for m in ours}
         missing = [i for i, name in enumerate(wanted) if name not in have]
         created = await self._create_machines(ctx, missing, storage)
         summary = mach.summarize([*ours, *created], wanted)
-        ctx.status.set(MACHINE_READY, summary.status, summary.reason, summary.message)
+        if claims is not None:
+            ctx.status.set(
+                self.provisioning.condition, summary.status, summary.reason, summary.message
+            )
 
         candidates = [*existing]
         for node_name in summary.ready_nodes:
@@ -269,7 +282,13 @@ class WorkspaceReconciler:
             "False",
             "WaitingForNodes",
             f"{len(with_gpu)} of {count} node(s) of instance type {ws.resource.instance_type} "
-            f"Ready; waiting for Machine(s) to provision",
+            + (
+                f"Ready; waiting for {self.provisioning.kind}(s) to provision"
+                if claims is not None
+                else "Ready; node provisioning is off (byo mode): add Ready nodes of that "
+                f"instance type labelled to match resource.labelSelector "
+                f"({_selector_text(ws)}), with {nd.GPU_RESOURCE} capacity"
+            ),
         )
         return False
 
@@ -277,9 +296,12 @@ class WorkspaceReconciler:
         """Create the Machines for ``indexes`` concurrently; the ones that now exist."""
         if not indexes:
             return []
-        bodies = [mach.machine_body(ctx.ws, i, storage=storage) for i in indexes]
+        claims = self.provisioning.resource
+        assert claims is not None
+        kind = claims.kind
+        bodies = [self.provisioning.body(ctx.ws, i, storage=storage) for i in indexes]
         results = await asyncio.gather(
-            *(self.client.create(MACHINES, b, field_manager=self.field_manager) for b in bodies),
+            *(self.client.create(claims, b, field_manager=self.field_manager) for b in bodies),
             return_exceptions=True,
         )
         created: list[Obj] = []
@@ -296,8 +318,8 @@ class WorkspaceReconciler:
                 self.recorder.event(
                     ctx.obj,
                     EventType.WARNING,
-                    "MachineCreationFailed",
-                    f"creating Machine {name} failed: {result}",
+                    f"{kind}CreationFailed",
+                    f"creating {kind} {name} failed: {result}",
                 )
                 ctx.log.warning("machine creation failed", machine=name, error=str(result))
                 continue
@@ -305,16 +327,16 @@ class WorkspaceReconciler:
             self.recorder.event(
                 ctx.obj,
                 EventType.NORMAL,
-                "MachineCreated",
-                f"created Machine {name} ({ctx.ws.resource.instance_type})",
+                f"{kind}Created",
+                f"created {kind} {name} ({ctx.ws.resource.instance_type})",
             )
             ctx.log.info(
                 "machine created", machine=name, instance_type=ctx.ws.resource.instance_type
             )
         if failures:
-            msg = "creating Machines failed: " + "; ".join(failures)
-            ctx.status.set(MACHINE_READY, "False", "MachineCreationFailed", msg)
-            ctx.status.set(RESOURCE_READY, "False", "MachineCreationFailed", msg)
+            msg = f"creating {kind}s failed: " + "; ".join(failures)
+            ctx.status.set(self.provisioning.condition, "False", f"{kind}CreationFailed", msg)
+            ctx.status.set(RESOURCE_READY, "False", f"{kind}CreationFailed", msg)
             raise RuntimeError(msg)
         return created
 
@@ -344,15 +366,20 @@ class WorkspaceReconciler:
     async def _finalize(self, ctx: _Ctx) -> Result | None:
         if FINALIZER not in ctx.ws.metadata.finalizers:
             return None
-        remaining = await self.client.list_all(
-            MACHINES, label_selector=machine_selector(ctx.namespace, ctx.name)
+        claims = self.provisioning.resource
+        remaining = (
+            await self.client.list_all(
+                claims, label_selector=machine_selector(ctx.namespace, ctx.name)
+            )
+            if claims is not None
+            else []
         )
         for machine in remaining:
             if machine["metadata"].get("deletionTimestamp"):
                 continue
             name = machine["metadata"]["name"]
             try:
-                await self.client.delete(MACHINES, name)
+                await self.client.delete(claims, name)  # type: ignore[arg-type]
             except NotFound:
                 continue
             ctx.log.info("machine deleted", machine=name)
@@ -361,8 +388,8 @@ class WorkspaceReconciler:
             ctx.status.set(
                 WORKSPACE_DELETING,
                 "True",
-                "DeletingMachines",
-                f"waiting for Machine(s) {', '.join(names)} to be deleted "
+                f"Deleting{self.provisioning.kind}s",
+                f"waiting for {self.provisioning.kind}(s) {', '.join(names)} to be deleted "
                 "(the provisioner deletes their agent pools and nodes first)",
             )
             await self._write_status(ctx)
