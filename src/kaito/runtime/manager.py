@@ -257,6 +257,10 @@ class Manager:
             await asyncio.gather(task, stop, return_exceptions=True)
         if task.cancelled() or not task.done():
             return False, None
+        # A cancelled gather() ends with CancelledError as its exception rather than in
+        # the cancelled state: that is "stopped first" too, not a failure.
+        if isinstance(task.exception(), asyncio.CancelledError):
+            return False, None
         return True, task.result()
 
     async def _wait_synced(self) -> None:

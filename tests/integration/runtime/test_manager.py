@@ -96,6 +96,28 @@ async def test_readyz_fails_until_caches_sync(client: Client) -> None:
         await client.delete(CUSTOMRESOURCEDEFINITIONS, f"gadgets.{group}")
 
 
+async def test_stop_before_caches_sync_returns_cleanly(client: Client) -> None:
+    """A SIGTERM during start-up is a stop, not a crash: run() returns, no CancelledError."""
+    group = f"g{uuid.uuid4().hex[:6]}.kaito.sh"
+    gadgets = Resource(group, "v1", "gadgets", "Gadget")  # never served: caches never sync
+    mgr = Manager(client, options(cache_sync_timeout=60))
+
+    async def reconcile(req: Request) -> None:
+        return None
+
+    mgr.controller("gadgets", reconcile).for_(gadgets)
+    run = asyncio.create_task(mgr.run())
+
+    async def serving() -> bool:
+        return mgr.probe_server is not None and mgr.probe_server.port is not None
+
+    await eventually(serving)
+    mgr.stop()
+    async with asyncio.timeout(15):
+        await run  # raised CancelledError before the fix
+    assert not run.cancelled()
+
+
 async def test_stop_drains_in_flight_takes_no_new_work_and_leaks_no_tasks(client: Client) -> None:
     ns = f"mgr-{uuid.uuid4().hex[:6]}"
     await client.create(NAMESPACES, {"metadata": {"name": ns}})
