@@ -42,7 +42,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests images
 	$(BIN)/ruff check --fix src tests images
 
-demo: setup
+demo: setup $(INF_STAMP)
 	$(BIN)/kaito dev demo
 
 demo-down: $(STAMP)

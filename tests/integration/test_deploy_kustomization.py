@@ -31,6 +31,7 @@ from kaito.controllers.workspace.webhook import (
     VALIDATING_WEBHOOK_CONFIGURATIONS,
 )
 from kaito.dev.controlplane import free_port
+from kaito.dev.identities import CONTROLLERS, service_account_kubeconfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
 from kaito.runtime.resource import (
@@ -38,7 +39,6 @@ from kaito.runtime.resource import (
     LEASES,
     NAMESPACES,
     SECRETS,
-    SERVICEACCOUNTS,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +46,9 @@ DEPLOY = ROOT / "deploy"
 NAMESPACE = "kaito-system"
 SERVICE_ACCOUNT = "kaito-workspace-controller"
 WORKSPACE_NAMESPACE = "default"
+
+
+WORKSPACE_CONTROLLER = CONTROLLERS[1]
 
 
 def kubectl(kubeconfig: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -118,44 +121,11 @@ async def applied(client: Client, kubeconfig: str, tmp_path: Path) -> AsyncItera
                         await asyncio.sleep(0.1)
 
 
-def write_kubeconfig(kubeconfig: str, token: str, path: Path) -> str:
-    admin = yaml.safe_load(Path(kubeconfig).read_text())
-    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
-    cluster = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
-    ca = cluster["cluster"].get("certificate-authority")
-    if ca and not os.path.isabs(ca):  # relative paths resolve against the original
-        cluster["cluster"]["certificate-authority"] = str(Path(kubeconfig).parent / ca)
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "kaito.cli", *argv], env=env, stdout=out, stderr=out
         )
-
-
-async def service_account_kubeconfig(client: Client, kubeconfig: str, path: Path) -> str:
-    """The admin kubeconfig's cluster, with the ServiceAccount's token as the only user."""
-    answer = await client.request(
-        "POST",
-        SERVICEACCOUNTS.path(namespace=NAMESPACE, name=SERVICE_ACCOUNT, subresource="token"),
-        body={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-    )
-    return write_kubeconfig(kubeconfig, answer["status"]["token"], path)
 
 
 async def test_kubectl_apply_k_deploy_installs_kaito_and_the_controller_runs_with_its_rbac(
@@ -177,7 +147,9 @@ async def test_kubectl_apply_k_deploy_installs_kaito_and_the_controller_runs_wit
         kind = f"{doc['kind'].lower()}.{doc['apiVersion'].rpartition('/')[0] or 'core'}"
         kubectl(kubeconfig, "get", *ns, kind.removesuffix(".core"), meta["name"])
 
-    sa_config = await service_account_kubeconfig(client, kubeconfig, tmp_path / "sa.kubeconfig")
+    sa_config = await service_account_kubeconfig(
+        client, kubeconfig, WORKSPACE_CONTROLLER, tmp_path / "sa.kubeconfig"
+    )
     # What it may not do: read Secrets beyond its own, delete Nodes, touch Machine status.
     for verb, what in (
         ("list", "secrets"),

@@ -1,8 +1,10 @@
 """The README's main command, `make demo` (= `kaito dev demo`), works and cleans up.
 
 Runs the real command as a subprocess in its own state directory (its own control
-plane, AKS emulator, gpu-provisioner and workspace controller), with ``--down`` so it
-tears itself down, then checks that no process it started is left running.
+plane, AKS emulator, gpu-provisioner and workspace controller under their
+ServiceAccounts, node agent running the inference server), with ``--down`` so it tears
+itself down, then checks that no process it started (the inference server included)
+is left running.
 """
 
 from __future__ import annotations
@@ -23,7 +25,22 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_make_demo_brings_the_quick_start_workspace_to_resource_ready_and_tears_down(
+def _processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (the node agent's children)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not _alive(int(proc.name)):
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
     tmp_path: Path,
 ) -> None:
     state_dir = tmp_path / "dev"
@@ -41,13 +58,31 @@ def test_make_demo_brings_the_quick_start_workspace_to_resource_ready_and_tears_
         state_file = state_dir / "state.json"
         if not pids and "stack is up" in line and state_file.exists():
             pids = json.loads(state_file.read_text())["pids"]
-    assert proc.wait(timeout=180) == 0, out
-    assert "created by the workspace controller" in out, out
-    assert "Machine MachineLaunched=True" in out, out
-    assert "Workspace ResourceReady=True" in out, out
-    assert "is Ready with nvidia.com/gpu=1, labelled accelerator=nvidia" in out, out
-    assert "done: workspace-phi-3-mini is ResourceReady" in out, out
-    expected = {"etcd", "kube-apiserver", "aks-emulator", "gpu-provisioner", "workspace-controller"}
+    assert proc.wait(timeout=300) == 0, out
+    assert "applied deploy/'s namespace, ServiceAccounts and RBAC" in out, out
+    assert "Machine Ready: AKS agent pool provisioned" in out, out
+    assert "kube-scheduler bound workspace-phi-3-mini-" in out, out
+    for cond in ("ResourceReady", "InferenceReady", "WorkspaceReady"):
+        assert f"{cond}=True" in out, out
+    # kubectl's own table, with every column True at the end.
+    table = [line.split() for line in out.splitlines() if "workspace-phi-3-mini   Standard" in line]
+    assert table, out
+    last = table[-1][table[-1].index("workspace-phi-3-mini") :]
+    # NAME INSTANCE RESOURCEREADY INFERENCEREADY (JOBSTARTED empty) WORKSPACEREADY AGE
+    assert last[1] == "Standard_NC6s_v3" and last[2:5] == ["True", "True", "True"], last
+    assert '-> {"Result": "What is Kubernetes?' in out, out
+    assert "SSE chunks ending in [DONE]" in out, out
+    assert "KAITO's part" in out, out
+    assert "/metrics" in out, out
+    expected = {
+        "etcd",
+        "kube-apiserver",
+        "aks-emulator",
+        "gpu-provisioner",
+        "workspace-controller",
+        "node-agent",
+    }
     assert set(pids) >= expected, pids
     assert not [name for name, pid in pids.items() if _alive(pid)], "processes left running"
+    assert _processes_under(state_dir) == [], "the inference server outlived the demo"
     assert not state_dir.exists(), "--down removes the state directory"

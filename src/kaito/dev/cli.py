@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito.dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState, stop_pids
-from kaito.dev.demo import run_quick_start
+from kaito.dev.demo import DemoResult, run_quick_start
 from kaito.dev.stack import start_stack
 
 DEFAULT_DIR = Path(".kaito/dev")
@@ -30,13 +30,20 @@ def add_commands(sub: Any) -> None:
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     down.set_defaults(func=cmd_down)
-    demo = sub.add_parser("demo", help="`up`, then apply the quick start's Workspace")
+    demo = sub.add_parser(
+        "demo", help="`up`, then apply the quick start's Workspace and chat with it"
+    )
     demo.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     demo.add_argument("--down", action="store_true", help="tear everything down at the end")
     demo.set_defaults(func=cmd_demo)
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     status.set_defaults(func=cmd_status)
+    from kaito.dev.nodeagent import cli as node_agent_cli
+
+    node_agent_cli.add_arguments(
+        sub.add_parser("node-agent", help="run pods bound to emulated GPU nodes as local processes")
+    )
 
 
 def _progress(t0: float) -> Any:
@@ -61,8 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
         return 1
     print(
-        f"\nThe local KAITO stack is up: control plane, CRDs, AKS emulator, gpu-provisioner,\n"
-        f"workspace controller with its webhook.\n"
+        f"\nThe local KAITO stack is up: control plane, CRDs, RBAC, AKS emulator,\n"
+        f"gpu-provisioner and workspace controller (as their ServiceAccounts), node agent.\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
         f"  kubectl get workspace,machines,nodes\n"
         f"  component logs: {info['logs']}\n"
@@ -76,21 +83,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if cmd_up(args) != 0:
         return 1
     state = ControlPlaneState.load(args.dir.resolve())
+    logs = Path(state.data_dir) / "logs"
     try:
-        node = asyncio.run(run_quick_start(state, say=say))
-    except (TimeoutError, ControlPlaneError) as e:
-        say(f"FAILED: {e}; logs in {Path(state.data_dir) / 'logs'}")
-        return 1
-    finally:
+        result = asyncio.run(run_quick_start(state, say=say))
+    except (TimeoutError, ControlPlaneError, RuntimeError, OSError) as e:
+        say(f"FAILED: {e}; component logs in {logs}")
         if args.down:
             cmd_down(args)
-    labels = node["metadata"].get("labels") or {}
-    say(
-        f"done: workspace-phi-3-mini is ResourceReady on {node['metadata']['name']} "
-        f"({labels.get('node.kubernetes.io/instance-type')}); "
-        f"`kubectl get workspace` shows it"
-    )
+        return 1
+    _summarize(state, result, say)
+    if args.down:
+        cmd_down(args)
+    else:
+        print(
+            f"\nThe cluster stays up. export KUBECONFIG={state.kubeconfig}\n"
+            f"  kubectl get workspace,machines,nodes,pods -A\n"
+            f"  component logs: {logs}\n"
+            f"Stop it with: make demo-down"
+        )
     return 0
+
+
+def _summarize(state: ControlPlaneState, result: DemoResult, say: Any) -> None:
+    t = result.timeline
+    kaito = t.kaito_seconds()
+    marks = ", ".join(
+        f"{k} +{v:.1f}s" for k, v in t.marks.items() if not k.startswith("Machine ws")
+    )
+    say(f"timeline from apply: {marks}")
+    if kaito is not None:
+        server = t.marks["pod Ready"] - t.marks["server process started"]
+        say(
+            f"apply -> WORKSPACEREADY {t.marks['WorkspaceReady']:.1f}s, of which the inference "
+            f"server's own start-up {server:.1f}s: KAITO's part {kaito:.1f}s"
+        )
+    info = json.loads((Path(state.data_dir) / "stack.json").read_text())
+    ports = info.get("ports", {})
+    pod_ip = result.pod["status"]["podIP"]
+    say("metrics (Prometheus text format):")
+    for component in ("gpu-provisioner", "workspace-controller"):
+        port = ports.get(f"{component}-metrics")
+        if port:
+            say(f"  {component}: http://127.0.0.1:{port}/metrics")
+    say(f"  inference server: http://{pod_ip}:5000/metrics (vllm:* and the server's own)")
+    say("  scrape config for a cluster: deploy/monitoring/")
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -1,84 +1,236 @@
 """``kaito dev demo``: the main job on the local stack, narrated step by step.
 
 It applies the quick start's Workspace (``examples/kaito_workspace_phi_3.yaml``:
-phi-3-mini-4k-instruct on Standard_NC6s_v3) through the validating webhook. The
-workspace controller creates the Machine; the gpu-provisioner turns it into an AKS agent
-pool through the real Azure SDK against the emulated ARM API, which registers a GPU
-Node; the controller labels the node and sets ``ResourceReady``. Serving (inference
-pods on a node agent, ``/chat``) comes with the rest of the workspace controller.
+phi-3-mini-4k-instruct on Standard_NC6s_v3, exactly as written there) through the
+validating webhook, then narrates what happens, printing ``kubectl get workspace``
+whenever a condition changes:
+
+1. the workspace controller creates the Machine; the gpu-provisioner turns it into an
+   AKS agent pool through the real Azure SDK against the emulated ARM API, which
+   registers a GPU Node; the controller labels it and sets ``ResourceReady``;
+2. the controller creates the ConfigMap, Service and Deployment; the real scheduler
+   binds the pod to the GPU node; the node agent runs the inference server from
+   images/inference as a local process (the tiny local model stands in for phi-3's
+   weights: the pod's annotations say so), and the pod turns Ready from the server's
+   own ``/health``; ``InferenceReady`` and ``WorkspaceReady`` follow;
+3. it sends the quick start's ``/chat`` request and a streaming
+   ``/v1/chat/completions`` request to the pod (there is no kube-proxy locally, so it
+   resolves the Service's pod itself) and prints the answers, then where the metrics are.
+
+The timings it prints separate the inference server's own start-up (process start to
+``/health`` answering 200) from everything KAITO does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import yaml
 
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
-from kaito.runtime.errors import NotFound
-from kaito.runtime.resource import NODES, Resource
+from kaito.runtime.resource import NODES, PODS, SERVICES, Resource
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
 MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
+CHAT_PROMPT = "What is Kubernetes?"
+
+Obj = dict[str, Any]
 
 
-def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _conditions(obj: Obj) -> dict[str, Obj]:
     return {c["type"]: c for c in obj.get("status", {}).get("conditions") or ()}
 
 
+def _is_true(obj: Obj, type_: str) -> bool:
+    return _conditions(obj).get(type_, {}).get("status") == "True"
+
+
+@dataclass
+class Timeline:
+    """Seconds since the Workspace was applied, as the demo saw them."""
+
+    applied: float
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, what: str) -> float:
+        return self.marks.setdefault(what, time.monotonic() - self.applied)
+
+    def kaito_seconds(self) -> float | None:
+        """apply -> WorkspaceReady minus the inference server's own start-up."""
+        done = self.marks.get("WorkspaceReady")
+        started, ready = self.marks.get("server process started"), self.marks.get("pod Ready")
+        if done is None or started is None or ready is None:
+            return None
+        return done - (ready - started)
+
+
+@dataclass
+class DemoResult:
+    workspace: Obj
+    node: Obj
+    pod: Obj
+    chat: str
+    stream: str
+    timeline: Timeline
+
+
+def kubectl_get_workspace(kubeconfig: str, name: str, namespace: str) -> str:
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", "get", "workspace", name, "-n", namespace],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return (proc.stdout or proc.stderr).rstrip()
+
+
 async def run_quick_start(
-    state: ControlPlaneState, *, say: Callable[[str], None], timeout: float = 120.0
-) -> dict[str, Any]:
-    """Apply the quick start's Workspace and narrate it to ResourceReady; return the Node."""
+    state: ControlPlaneState, *, say: Callable[[str], None], timeout: float = 300.0
+) -> DemoResult:
+    """Apply the quick start's Workspace, narrate it to WorkspaceReady, chat with it."""
     body = yaml.safe_load(QUICK_START.read_text())
     name, ns = body["metadata"]["name"], body["metadata"].get("namespace", "default")
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
-        try:
-            await client.get(WORKSPACES, name, ns)
-        except NotFound:
-            await _create_when_webhook_answers(client, body, ns)
+        await _create_when_webhook_answers(client, body, ns)
+        timeline = Timeline(time.monotonic())
         say(f"applied {QUICK_START.relative_to(REPO_ROOT)} (workspace {ns}/{name})")
-        t0 = time.monotonic()
-        told: set[str] = set()
-        while time.monotonic() - t0 < timeout:
-            for m in (await client.list(MACHINES, label_selector=f"kaito.sh/workspace={name}"))[
-                "items"
-            ]:
-                key = f"machine {m['metadata']['name']}"
-                if key not in told:
-                    told.add(key)
-                    say(f"  Machine {m['metadata']['name']} created by the workspace controller")
-                for ctype, cond in _conditions(m).items():
-                    tag = f"{key} {ctype}={cond['status']}"
-                    if cond["status"] == "True" and tag not in told:
-                        told.add(tag)
-                        say(f"  Machine {ctype}=True after {time.monotonic() - t0:.1f}s")
-            ws = await client.get(WORKSPACES, name, ns)
-            for ctype, cond in _conditions(ws).items():
-                tag = f"ws {ctype}={cond['status']}:{cond.get('reason')}"
-                if tag not in told and ctype in ("MachineReady", "ResourceReady"):
-                    told.add(tag)
-                    say(f"  Workspace {ctype}={cond['status']} ({cond.get('reason')}): "
-                        f"{cond.get('message', '')[:160]}")  # fmt: skip
-            ready = _conditions(ws).get("ResourceReady", {}).get("status") == "True"
-            nodes = ws.get("status", {}).get("workerNodes") or []
-            if ready and nodes:
-                node = await client.get(NODES, nodes[0])
-                gpus = node["status"]["allocatable"].get("nvidia.com/gpu")
-                accelerator = node["metadata"]["labels"].get("accelerator")
-                say(f"node {nodes[0]} is Ready with nvidia.com/gpu={gpus}, "
-                    f"labelled accelerator={accelerator}")  # fmt: skip
-                return node
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"workspace {ns}/{name} not ResourceReady after {timeout:.0f}s")
+        ws, pod = await _follow(client, state, name, ns, timeline, say, timeout)
+        node = await client.get(NODES, ws["status"]["workerNodes"][0])
+        svc = await client.get(SERVICES, name, ns)
+    pod_ip = pod["status"]["podIP"]
+    port = svc["spec"]["ports"][0]["targetPort"]
+    base = f"http://{pod_ip}:{port}"
+    model_note = (pod["metadata"].get("annotations") or {}).get("kaito.sh/node-agent-model")
+    say(
+        f"Service {name} (ClusterIP {svc['spec'].get('clusterIP')}:80) -> pod "
+        f"{pod['metadata']['name']} at {pod_ip}:{port}; no kube-proxy locally, so the demo "
+        "talks to the pod"
+    )
+    if model_note:
+        say(f"the node agent serves {model_note}: expect fluent nonsense, not phi-3's answers")
+    chat = await _chat(base, say)
+    stream = await _stream(base, say)
+    return DemoResult(ws, node, pod, chat, stream, timeline)
 
 
-async def _create_when_webhook_answers(client: Client, body: dict[str, Any], ns: str) -> None:
+async def _follow(
+    client: Client,
+    state: ControlPlaneState,
+    name: str,
+    ns: str,
+    timeline: Timeline,
+    say: Callable[[str], None],
+    timeout: float,
+) -> tuple[Obj, Obj]:
+    told: set[str] = set()
+    last_table = ""
+
+    def tell(key: str, message: str) -> None:
+        if key not in told:
+            told.add(key)
+            say(f"  +{timeline.mark(key):5.1f}s {message}")
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        machines = await client.list(MACHINES, label_selector=f"kaito.sh/workspace={name}")
+        for m in machines["items"]:
+            tell(f"Machine {m['metadata']['name']}", f"Machine {m['metadata']['name']} created")
+            if _is_true(m, "Ready"):
+                node = m.get("status", {}).get("nodeName")
+                tell("Machine Ready", f"Machine Ready: AKS agent pool provisioned, node {node}")
+        pods = await client.list(PODS, ns, label_selector=f"kaito.sh/workspace={name}")
+        pod = next((p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")), None)
+        if pod is not None:
+            _narrate_pod(pod, tell)
+        ws = await client.get(WORKSPACES, name, ns)
+        conds = _conditions(ws)
+        for ctype in ("ResourceReady", "InferenceReady", "WorkspaceReady"):
+            cond = conds.get(ctype)
+            if cond and cond["status"] == "True":
+                tell(ctype, f"{ctype}=True ({cond.get('reason')}): {cond.get('message', '')[:120]}")
+        table = kubectl_get_workspace(state.kubeconfig, name, ns)
+        if _without_age(table) != _without_age(last_table):
+            last_table = table
+            for line in table.splitlines():
+                say(f"    {line}")
+        if _is_true(ws, "WorkspaceReady") and pod is not None:
+            return ws, pod
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"workspace {ns}/{name} not WorkspaceReady after {timeout:.0f}s")
+
+
+def _without_age(table: str) -> list[list[str]]:
+    """The table's cells without the AGE column, which changes every second."""
+    return [line.split()[:-1] for line in table.splitlines()]
+
+
+def _narrate_pod(pod: Obj, tell: Callable[[str, str], None]) -> None:
+    pod_name = pod["metadata"]["name"]
+    tell("pod created", f"pod {pod_name} created by the Deployment")
+    node = pod["spec"].get("nodeName")
+    if node:
+        tell("pod scheduled", f"kube-scheduler bound {pod_name} to {node}")
+    for cs in pod.get("status", {}).get("containerStatuses") or ():
+        if "running" in (cs.get("state") or {}):
+            ip = pod["status"].get("podIP")
+            tell("server process started", f"node agent started the inference server at {ip}")
+    if _is_true(pod, "Ready"):
+        tell("pod Ready", "pod Ready: the server's /health answers 200")
+
+
+async def _chat(base: str, say: Callable[[str], None]) -> str:
+    payload = {"prompt": CHAT_PROMPT, "generate_kwargs": {"max_new_tokens": 24}}
+    say(f"POST {base}/chat {json.dumps(payload)}")
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+        session.post(f"{base}/chat", json=payload) as resp,
+    ):
+        answer = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"/chat answered {resp.status}: {answer}")
+    result = str(answer.get("Result", ""))
+    say(f"  -> {json.dumps(answer)[:300]}")
+    return result
+
+
+async def _stream(base: str, say: Callable[[str], None]) -> str:
+    payload = {
+        "model": "phi-3-mini-4k-instruct",
+        "messages": [{"role": "user", "content": CHAT_PROMPT}],
+        "max_tokens": 24,
+        "stream": True,
+    }
+    say(f"POST {base}/v1/chat/completions (stream: true)")
+    pieces: list[str] = []
+    chunks = 0
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+        session.post(f"{base}/v1/chat/completions", json=payload) as resp,
+    ):
+        if resp.status != 200:
+            raise RuntimeError(f"/v1/chat/completions answered {resp.status}: {await resp.text()}")
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunks += 1
+            for choice in json.loads(line[6:]).get("choices") or ():
+                pieces.append((choice.get("delta") or {}).get("content") or "")
+    text = "".join(pieces)
+    say(f"  -> {chunks} SSE chunks ending in [DONE]: {text[:300]!r}")
+    return text
+
+
+async def _create_when_webhook_answers(client: Client, body: Obj, ns: str) -> None:
     """The apiserver picks up the webhook registration asynchronously: retry briefly."""
     deadline = time.monotonic() + 30
     while True:

@@ -1,4 +1,5 @@
-"""The local KAITO stack on top of the control plane: CRDs, AKS emulator, controllers.
+"""The local KAITO stack on top of the control plane: CRDs, RBAC, AKS emulator, controllers,
+node agent.
 
 Each component runs as its own process, started with the same command a container
 would run (``kaito dev aks-emulator``, ``kaito gpu-provisioner``, ...), in a new
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -20,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState
+from kaito.dev import identities
+from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState, free_port
 from kaito.runtime.client import Client, ClientConfig
-from kaito.runtime.errors import AlreadyExists, NotFound
+from kaito.runtime.errors import AlreadyExists
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS
 
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
@@ -70,6 +73,7 @@ class Stack:
         self.dir = Path(state.data_dir)
         self.logs = self.dir / "logs"
         self.logs.mkdir(exist_ok=True)
+        self.ports: dict[str, int] = {}
         self.env = {
             **os.environ,
             "KUBECONFIG": state.kubeconfig,
@@ -127,33 +131,58 @@ class Stack:
         self.wait_for("the AKS emulator", written, pid, timeout=30)
         return read_env_file(env_file)
 
-    def start_gpu_provisioner(self, arm_env: dict[str, str]) -> None:
-        self.say("starting the gpu-provisioner")
-        env = {**self.env, **arm_env, "ARM_POLLING_INTERVAL": "0.5"}
+    def identity_env(self, kubeconfig: str) -> dict[str, str]:
+        """The environment of a controller authenticated as its ServiceAccount."""
+        return {**self.env, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.NAMESPACE}
+
+    def start_gpu_provisioner(self, arm_env: dict[str, str], kubeconfig: str) -> None:
+        self.say("starting the gpu-provisioner (as ServiceAccount kaito-system/gpu-provisioner)")
+        env = {**self.identity_env(kubeconfig), **arm_env, "ARM_POLLING_INTERVAL": "0.2"}
+        metrics = self.ports["gpu-provisioner-metrics"] = free_port()
         self.spawn(
             "gpu-provisioner",
-            ["gpu-provisioner", "--metrics-bind-address", "127.0.0.1:0",
+            ["gpu-provisioner", f"--metrics-bind-address=127.0.0.1:{metrics}",
              "--health-probe-bind-address", "127.0.0.1:0"],
             env,
         )  # fmt: skip
 
-    def start_workspace_controller(self) -> None:
+    def start_workspace_controller(self, kubeconfig: str) -> None:
         """The workspace controller with its webhook registered for the local apiserver."""
-        from kaito.dev.controlplane import free_port
-
-        self.say("starting the workspace controller (with its validating webhook)")
+        self.say(
+            "starting the workspace controller with its validating webhook "
+            "(as ServiceAccount kaito-system/kaito-workspace-controller)"
+        )
         probes = free_port()
+        metrics = self.ports["workspace-controller-metrics"] = free_port()
         pid = self.spawn(
             "workspace-controller",
             [
-                "workspace-controller", "--metrics-bind-address", "127.0.0.1:0",
+                "workspace-controller", f"--metrics-bind-address=127.0.0.1:{metrics}",
                 f"--health-probe-bind-address=127.0.0.1:{probes}",
                 "--webhook-bind-address=127.0.0.1:0", "--webhook-cert-secret=",
                 "--webhook-url=https://127.0.0.1:{port}/validate/workspaces",
             ],
+            self.identity_env(kubeconfig),
         )  # fmt: skip
         self.wait_for("the workspace controller's /readyz", lambda: _http_ok(probes), pid,
                       timeout=60)  # fmt: skip
+
+    def start_node_agent(self) -> None:
+        """The kubelet stand-in: runs pods bound to the emulated GPU nodes as processes."""
+        self.say("starting the node agent (runs the inference and tuning pods on CPU)")
+        pid = self.spawn(
+            "node-agent",
+            ["dev", "node-agent", "--kubeconfig", self.state.kubeconfig,
+             "--state-dir", str(self.dir / "node-agent"), "--restart-backoff", "2",
+             "--model-dir", str(cache_dir() / "tiny-model"), "--prepare-model"],
+        )  # fmt: skip
+        time.sleep(0.5)
+        self.wait_for("the node agent to start", lambda: True, pid, timeout=5)
+
+
+def cache_dir() -> Path:
+    """Where built artefacts outlive a cluster: ``$KAITO_CACHE`` or ``~/.cache/kaito``."""
+    return Path(os.environ.get("KAITO_CACHE") or Path.home() / ".cache" / "kaito")
 
 
 def _http_ok(port: int) -> bool:
@@ -168,16 +197,30 @@ def _http_ok(port: int) -> bool:
 
 
 async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -> dict[str, Any]:
-    """CRDs, the AKS emulator, the gpu-provisioner and the workspace controller."""
+    """CRDs, RBAC, the AKS emulator, both controllers (as their ServiceAccounts) and the
+    node agent; returns what the demo prints (logs, metrics ports)."""
+    ids = Path(state.data_dir) / "identities"
+    ids.mkdir(exist_ok=True)
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
         crds = await install_crds(client)
         say(f"installed CRDs: {', '.join(crds)}")
-        try:
-            await client.get(CUSTOMRESOURCEDEFINITIONS, crds[0])
-        except NotFound as e:  # pragma: no cover - install_crds waited for it
-            raise ControlPlaneError(str(e)) from e
+        identities.apply_identities(state.kubeconfig)
+        say("applied deploy/'s namespace, ServiceAccounts and RBAC")
+        kubeconfigs = {
+            ident.component: await identities.service_account_kubeconfig(
+                client, state.kubeconfig, ident, ids / f"{ident.component}.kubeconfig"
+            )
+            for ident in identities.CONTROLLERS
+        }
     stack = Stack(state, say=say)
-    arm_env = stack.start_aks_emulator()
-    stack.start_gpu_provisioner(arm_env)
-    stack.start_workspace_controller()
-    return {"arm_base_url": arm_env.get("ARM_BASE_URL", ""), "logs": str(stack.logs)}
+    arm_env = stack.start_aks_emulator(create_latency=0.5)
+    stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
+    stack.start_workspace_controller(kubeconfigs["workspace-controller"])
+    stack.start_node_agent()
+    info = {
+        "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
+        "logs": str(stack.logs),
+        "ports": stack.ports,
+    }
+    (Path(state.data_dir) / "stack.json").write_text(json.dumps(info, indent=2))
+    return info
