@@ -1,0 +1,286 @@
+"""The whole path, as a user runs it, on the local stack (`kaito dev up`):
+
+1. a tuning Workspace whose input and output are volumes: the workspace controller
+   provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool), creates the
+   Job, the real scheduler binds its pod to the node, and the node agent runs
+   images/tuning on the tiny local model, which writes a LoRA adapter into the output
+   volume; the Workspace reports JobStarted and WorkspaceReady;
+2. an inference Workspace that serves that adapter from a volume: the server lists it
+   as a model and answers with it (differently from the base model);
+3. a real Prometheus (Debian's) scrapes both controllers and the inference server and
+   returns ``controller_runtime_reconcile_total`` and ``vllm:*`` series;
+4. deleting the Workspaces leaves nothing: no Machines, agent pools, Nodes, pods,
+   Services, Deployments or Jobs.
+
+The controllers run as processes authenticated as their deploy/ ServiceAccounts, so
+every API call of the path is checked against the shipped RBAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kaito.dev.controlplane import ControlPlaneState
+from kaito.dev.stack import read_env_file
+from kaito.runtime.client import Client, ClientConfig
+from kaito.runtime.errors import NotFound
+from kaito.runtime.resource import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    JOBS,
+    NODES,
+    PODS,
+    SERVICES,
+    Resource,
+)
+from tests.integration.polling import poll_until
+from tests.integration.prometheus import start_prometheus
+
+Obj = dict[str, Any]
+
+WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
+MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
+NS = "default"
+PRESET = "tiny-llama-test"
+ADAPTER = "tuned"
+TRAINING_CONFIG = """\
+training_config:
+  LoraConfig: {r: 8, lora_alpha: 16, lora_dropout: 0.0}
+  TrainingArguments: {max_steps: 12, learning_rate: 0.05, logging_steps: 4, seed: 7}
+  DatasetConfig: {max_seq_length: 128}
+"""
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client]]:
+    """`kaito dev up` in its own folder (its own control plane), `kaito dev down` after."""
+    state_dir = tmp_path / "dev"
+    kaito = [sys.executable, "-m", "kaito.cli", "dev"]
+    up = await asyncio.to_thread(
+        subprocess.run,
+        [*kaito, "up", "--dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = ControlPlaneState.load(state_dir)
+        async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
+            yield state, client
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, [*kaito, "down", "--dir", str(state_dir)], timeout=120, check=False
+        )
+
+
+def workspace(name: str, **section: Any) -> Obj:
+    return {
+        "apiVersion": WORKSPACES.api_version,
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": NS},
+        "resource": {
+            "instanceType": "Standard_NC6s_v3",
+            "labelSelector": {"matchLabels": {"apps": name}},
+        },
+        **section,
+    }
+
+
+def conditions(obj: Obj | None) -> dict[str, Obj]:
+    return {c["type"]: c for c in (obj or {}).get("status", {}).get("conditions") or ()}
+
+
+async def get_ws(client: Client, name: str) -> Obj | None:
+    try:
+        return await client.get(WORKSPACES, name, NS)
+    except NotFound:
+        return None
+
+
+async def wait_true(client: Client, name: str, ctype: str, timeout: float = 180.0) -> Obj:
+    def done(ws: Obj | None) -> bool:
+        conds = conditions(ws)
+        if (conds.get("MachineReady") or {}).get("status") == "False":
+            raise AssertionError(f"{name}: {conds['MachineReady']}")
+        cond = conds.get(ctype) or {}
+        if cond.get("reason") in ("TuningFailed", "CrashLoopBackOff", "ImagePullBackOff"):
+            raise AssertionError(f"{name}: {ctype} {cond}")
+        return cond.get("status") == "True"
+
+    ws = await poll_until(
+        lambda: get_ws(client, name), done, timeout=timeout, what=f"{name} {ctype}", interval=0.2
+    )
+    assert ws is not None
+    return ws
+
+
+def agent_pools(state: ControlPlaneState) -> list[str]:
+    """The emulated AKS cluster's agent pools, asked over its ARM API."""
+    env = read_env_file(Path(state.data_dir) / "aks-emulator" / "provisioner.env")
+    url = (
+        f"{env['ARM_BASE_URL']}/subscriptions/{env['ARM_SUBSCRIPTION_ID']}/resourceGroups/"
+        f"{env['ARM_RESOURCE_GROUP']}/providers/Microsoft.ContainerService/managedClusters/"
+        f"{env['AZURE_CLUSTER_NAME']}/agentPools?api-version=2024-05-01"
+    )
+    ctx = ssl.create_default_context(cafile=env["ARM_CA_BUNDLE"])
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {env['ARM_STATIC_TOKEN']}"}
+    )
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+        return [p["name"] for p in json.loads(resp.read())["value"]]
+
+
+async def chat(base: str, model: str) -> str:
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": "What does a kaito operator do?"}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/v1/chat/completions", json=payload) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 200, body
+    return str(body["choices"][0]["message"]["content"])
+
+
+async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behind(
+    stack: tuple[ControlPlaneState, Client], tmp_path: Path
+) -> None:
+    state, client = stack
+    data, output = tmp_path / "data", tmp_path / "adapter"
+    data.mkdir()
+    lines = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What does a kaito operator do? ({i})"},
+                {"role": "assistant", "content": "It runs models on GPU nodes for you."},
+            ]
+        }
+        for i in range(16)
+    ]
+    (data / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    await client.create(
+        CONFIGMAPS,
+        {
+            "metadata": {"name": "tuning-config", "namespace": NS},
+            "data": {"training_config.yaml": TRAINING_CONFIG},
+        },
+    )
+
+    # 1. Tuning: volume in, volume out.
+    tuning = workspace(
+        "tune-tiny",
+        tuning={
+            "preset": {"name": PRESET},
+            "method": "lora",
+            "config": "tuning-config",
+            "input": {"volumeSource": {"hostPath": {"path": str(data)}}},
+            "output": {"volumeSource": {"hostPath": {"path": str(output)}}},
+        },
+    )
+    await client.create(WORKSPACES, tuning)
+    ws = await wait_true(client, "tune-tiny", "JobStarted")
+    ws = await wait_true(client, "tune-tiny", "WorkspaceReady")
+    assert conditions(ws)["WorkspaceReady"]["reason"] == "TuningSucceeded"
+    job = await client.get(JOBS, "tune-tiny", NS)
+    assert job["status"]["succeeded"] == 1
+    assert (output / "adapter_config.json").exists(), sorted(os.listdir(output))
+    assert (output / "kaito_tuning_complete.json").exists()
+
+    # 2. Inference with the tuned adapter, from the same volume.
+    serving = workspace(
+        "serve-tiny",
+        inference={
+            "preset": {"name": PRESET},
+            "adapters": [
+                {
+                    "source": {
+                        "name": ADAPTER,
+                        "volumeSource": {"hostPath": {"path": str(output)}},
+                    },
+                    "strength": "1.0",
+                }
+            ],
+        },
+    )
+    await client.create(WORKSPACES, serving)
+    ws = await wait_true(client, "serve-tiny", "WorkspaceReady")
+    assert conditions(ws)["InferenceReady"]["status"] == "True"
+    pods = await client.list(PODS, NS, label_selector="kaito.sh/workspace=serve-tiny")
+    (pod,) = pods["items"]
+    base = f"http://{pod['status']['podIP']}:5000"
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
+        models = [m["id"] for m in (await resp.json())["data"]]
+    assert models == [PRESET, ADAPTER], models
+    plain, tuned = await chat(base, PRESET), await chat(base, ADAPTER)
+    assert plain != tuned, "the adapter should change the answer"
+
+    # 3. A real Prometheus scrapes both controllers and the inference server.
+    ports = json.loads((Path(state.data_dir) / "stack.json").read_text())["ports"]
+    targets = {
+        "gpu-provisioner": [f"127.0.0.1:{ports['gpu-provisioner-metrics']}"],
+        "workspace-controller": [f"127.0.0.1:{ports['workspace-controller-metrics']}"],
+        "inference": [f"{pod['status']['podIP']}:5000"],
+    }
+    with start_prometheus(targets, tmp_path / "prometheus") as prom:
+        reconciles = await prom.wait_for_series_async(
+            "count by (job) (controller_runtime_reconcile_total)", timeout=60, min_count=2
+        )
+        assert {s["metric"]["job"] for s in reconciles} == {
+            "gpu-provisioner",
+            "workspace-controller",
+        }
+        vllm = await prom.wait_for_series_async('{__name__=~"vllm:.+", job="inference"}', 60)
+        assert vllm, "no vllm:* series from the inference server"
+
+    # 4. Deletion leaves nothing behind.
+    for name in ("serve-tiny", "tune-tiny"):
+        await client.delete(WORKSPACES, name, NS)
+    for name in ("serve-tiny", "tune-tiny"):
+        await poll_until(
+            lambda n=name: get_ws(client, n),  # type: ignore[misc]
+            lambda w: w is None,
+            timeout=120,
+            what=f"{name} deleted",
+        )
+
+    async def leftovers() -> dict[str, list[str]]:
+        left: dict[str, list[str]] = {}
+        for res, ns in (
+            (MACHINES, None),
+            (NODES, None),
+            (PODS, NS),
+            (DEPLOYMENTS, NS),
+            (JOBS, NS),
+        ):
+            names = [o["metadata"]["name"] for o in await client.list_all(res, ns)]
+            if names:
+                left[res.kind] = names
+        services = [
+            s["metadata"]["name"]
+            for s in await client.list_all(SERVICES, NS)
+            if s["metadata"]["name"] != "kubernetes"
+        ]
+        if services:
+            left["Service"] = services
+        return left
+
+    left = await poll_until(leftovers, lambda x: not x, timeout=90, what="workload garbage")
+    assert left == {}
+    assert agent_pools(state) == []
