@@ -208,6 +208,17 @@ THROUGH_APISERVER: list[tuple[str, dict[str, Any], str]] = [
         "resource.count: tuning runs on one node; got 2",
     ),
     (
+        "private address URL",
+        workspace(TUNING, tuning__input={"urls": ["https://10.1.2.3/data.jsonl"]}),
+        "tuning.input.urls[0]: https://10.1.2.3/data.jsonl points at 10.1.2.3, a private "
+        "address; use a public URL",
+    ),
+    (
+        "not an http URL",
+        workspace(TUNING, tuning__input={"urls": ["ftp://example.com/data.jsonl"]}),
+        "tuning.input.urls[0]: ftp://example.com/data.jsonl is not an http(s) URL",
+    ),
+    (
         "runtime annotation",
         workspace(metadata__annotations={"kaito.sh/runtime": "tensorrt"}),
         'metadata.annotations[kaito.sh/runtime]: "tensorrt" is not a runtime',
