@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := setup
 include mk/inference.mk
 
-.PHONY: setup control-plane test test-unit lint fmt demo demo-down bench-runtime clean
+.PHONY: setup control-plane test test-unit lint fmt demo demo-down bench-runtime bench-workspace clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
@@ -47,6 +47,9 @@ demo: setup $(INF_STAMP)
 
 demo-down: $(STAMP)
 	$(BIN)/kaito dev down
+
+bench-workspace: setup $(INF_STAMP)
+	$(BIN)/python tests/bench/bench_workspace.py --out .kaito/bench-workspace.md
 
 bench-runtime: setup
 	@echo "[bench-runtime] installing kopf (benchmark only)"
