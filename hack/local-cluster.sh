@@ -9,6 +9,8 @@
 # Starting and stopping a control plane is done by `kaito dev cluster up|down`
 # (src/kaito/devcluster), which calls this script for the binaries.
 set -euo pipefail
+# shellcheck source=lib/private-apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/private-apt.sh"
 
 K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 CACHE_ROOT="${KAITO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kaito}"
@@ -27,16 +29,7 @@ have_binaries() {
 
 private_apt() {
   # A private apt configuration with deb-src entries; /etc/apt is never edited.
-  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/sources.list.d"
-  sed 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources \
-    > "$APT_DIR/sources.list.d/debian.sources"
-  cat > "$APT_DIR/apt.conf" <<CONF
-Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$APT_DIR/sources.list.d";
-Dir::State::Lists "$APT_DIR/lists";
-Dir::Cache "$APT_DIR/cache";
-CONF
-  export APT_CONFIG="$APT_DIR/apt.conf"
+  private_apt_config
   if [ ! -f "$APT_DIR/updated" ]; then
     step "apt-get update (private source lists with deb-src)"
     apt-get -qq -o APT::Sandbox::User=root update >&2

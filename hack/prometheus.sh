@@ -10,6 +10,8 @@
 #
 # Progress goes to stderr. Used by tests/integration/prometheus.py.
 set -euo pipefail
+# shellcheck source=lib/private-apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/private-apt.sh"
 
 CACHE_ROOT="${KAITO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kaito}"
 BIN_DIR="$CACHE_ROOT/prometheus/bin"
@@ -25,16 +27,7 @@ have_binaries() {
 private_apt() {
   # The same private apt configuration as hack/local-cluster.sh (shared cache folder);
   # /etc/apt is never edited.
-  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/sources.list.d"
-  sed 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources \
-    > "$APT_DIR/sources.list.d/debian.sources"
-  cat > "$APT_DIR/apt.conf" <<CONF
-Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$APT_DIR/sources.list.d";
-Dir::State::Lists "$APT_DIR/lists";
-Dir::Cache "$APT_DIR/cache";
-CONF
-  export APT_CONFIG="$APT_DIR/apt.conf"
+  private_apt_config
   if [ ! -f "$APT_DIR/updated" ]; then
     apt_update
   fi

@@ -28,6 +28,7 @@ import pytest
 from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
 from kaito.controllers.workspace.provisioning import Provisioning
+from kaito.controllers.workspace.status import now_rfc3339
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -107,6 +108,38 @@ def condition(obj: Obj | None, type_: str) -> Obj | None:
 def is_true(obj: Obj | None, type_: str) -> bool:
     cond = condition(obj, type_)
     return cond is not None and cond["status"] == "True"
+
+
+def ready_node(name: str, labels: dict[str, str], gpus: str = "1") -> tuple[Obj, Obj]:
+    """(object, status) of a Ready GPU node carrying ``labels``."""
+    resources = {"nvidia.com/gpu": gpus, "cpu": "6", "memory": "112Gi", "pods": "110"}
+    status = {
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": now_rfc3339(),
+                "lastTransitionTime": now_rfc3339(),
+            }
+        ],
+    }
+    obj = {
+        "metadata": {"name": name, "labels": {**labels, "kubernetes.io/hostname": name}},
+        "spec": {"taints": [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}]},
+    }
+    return obj, status
+
+
+async def register(client: Client, obj: Obj, status: Obj) -> None:
+    name = obj["metadata"]["name"]
+    await client.create(NODES, obj)
+    await client.patch(NODES, name, {"status": status}, subresource="status")
+    # The node lifecycle controller would lift the not-ready taint of a Ready node.
+    await client.patch(NODES, name, {"spec": {"taints": obj["spec"]["taints"]}})
 
 
 WORKLOAD_KINDS = (DEPLOYMENTS, STATEFULSETS, REPLICASETS, SERVICES, CONFIGMAPS, JOBS, PODS)

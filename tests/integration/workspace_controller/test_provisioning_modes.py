@@ -22,7 +22,7 @@ from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
 from tests.integration.polling import poll_until
 
-from .conftest import WsRig, condition, is_true
+from .conftest import WsRig, condition, is_true, ready_node, register
 from .test_workload import scheduled_pod
 
 Obj = dict[str, Any]
@@ -70,38 +70,6 @@ async def install_nodeclaim_crd(client: Client) -> None:
             return False
 
     await poll_until(listable, bool, timeout=30, what="the NodeClaim API")
-
-
-def ready_node(name: str, labels: dict[str, str], gpus: str = "1") -> tuple[Obj, Obj]:
-    """(object, status) of a Ready GPU node carrying ``labels``."""
-    resources = {"nvidia.com/gpu": gpus, "cpu": "6", "memory": "112Gi", "pods": "110"}
-    status = {
-        "capacity": resources,
-        "allocatable": resources,
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "KubeletReady",
-                "message": "kubelet is posting ready status",
-                "lastHeartbeatTime": now_rfc3339(),
-                "lastTransitionTime": now_rfc3339(),
-            }
-        ],
-    }
-    obj = {
-        "metadata": {"name": name, "labels": {**labels, "kubernetes.io/hostname": name}},
-        "spec": {"taints": [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}]},
-    }
-    return obj, status
-
-
-async def register(client: Client, obj: Obj, status: Obj) -> None:
-    name = obj["metadata"]["name"]
-    await client.create(NODES, obj)
-    await client.patch(NODES, name, {"status": status}, subresource="status")
-    # The node lifecycle controller would lift the not-ready taint of a Ready node.
-    await client.patch(NODES, name, {"spec": {"taints": obj["spec"]["taints"]}})
 
 
 async def test_nodeclaim_mode_creates_karpenter_nodeclaims_and_follows_them(

@@ -28,7 +28,7 @@ from kaito.runtime.resource import (
 )
 from tests.integration.polling import poll_until
 
-from .conftest import WsRig, condition, is_true
+from .conftest import WsRig, condition, is_true, ready_node, register
 
 Obj = dict[str, Any]
 
@@ -247,32 +247,16 @@ async def test_an_unschedulable_pod_shows_the_schedulers_reason(
     """A node the user brought that reports fewer GPUs than its size has: the pod asks
     for the SKU's two GPUs and the real scheduler says why it cannot place it."""
     name = f"nogpu-{wsrig.test_id}"
-    labels = {
-        "apps": "short",
-        "kaito-test": wsrig.test_id,
-        "node.kubernetes.io/instance-type": "Standard_NC12s_v3",
-        "kubernetes.io/hostname": name,
-    }
-    await client.create(NODES, {"metadata": {"name": name, "labels": labels}})
+    node, status = ready_node(
+        name,
+        {
+            "apps": "short",
+            "kaito-test": wsrig.test_id,
+            "node.kubernetes.io/instance-type": "Standard_NC12s_v3",
+        },
+    )
+    await register(client, node, status)
     try:
-        resources = {"nvidia.com/gpu": "1", "cpu": "12", "memory": "224Gi", "pods": "110"}
-        status = {
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                    "lastHeartbeatTime": now_rfc3339(),
-                    "lastTransitionTime": now_rfc3339(),
-                }
-            ],
-        }
-        await client.patch(NODES, name, {"status": status}, subresource="status")
-        # The node lifecycle controller would lift the not-ready taint of a Ready node.
-        await client.patch(NODES, name, {"spec": {"taints": None}})
         wsrig.start()
         body = wsrig.body("short", instance_type="Standard_NC12s_v3")
         body["resource"]["labelSelector"]["matchLabels"]["apps"] = "short"
