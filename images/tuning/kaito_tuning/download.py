@@ -2,7 +2,13 @@
 
     python -m kaito_tuning.download --output /mnt/data URL... [--max-bytes N] [--timeout S]
 
-Only http and https URLs are accepted (no file://, ftp://, ...); a download larger than
+Only http and https URLs are accepted (no file://, ftp://, ...), and only to public
+addresses: every connection, redirects included, resolves the host itself and refuses
+loopback, private, link-local (cloud metadata services live at 169.254.169.254),
+shared, reserved and multicast addresses, then connects to the very address it checked,
+so a name that the webhook saw as public cannot be re-pointed at an internal service
+between admission and download (``--allow-private-addresses`` lifts this, for an
+in-cluster mirror). A download larger than
 `--max-bytes` (counted while streaming, not trusted from Content-Length) or slower than
 `--timeout` seconds in total is removed and fails the container. Files are written under
 a temporary name and renamed when complete, so a crash never leaves a partial file with
@@ -12,13 +18,16 @@ the final name.
 from __future__ import annotations
 
 import argparse
+import http.client
+import ipaddress
 import os
+import socket
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -41,7 +50,91 @@ def _filename(url: str, index: int) -> str:
     return name if name and name not in (".", "..") else f"data-{index}"
 
 
-def download(url: str, output: Path, *, index: int, max_bytes: int, timeout: float) -> Path:
+def _refusal(host: str, address: str) -> str | None:
+    """Why connecting to ``address`` (``host`` resolved) is refused, or None."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.is_global:
+        return None
+    if ip.is_loopback:
+        kind = "a loopback address"
+    elif ip.is_link_local:
+        kind = "a link-local address (where cloud metadata services live)"
+    elif ip.is_private:
+        kind = "a private address"
+    else:
+        kind = "not a public address"
+    shown = host if host == address else f"{host} ({address})"
+    return f"{shown} is {kind}; only public addresses may be downloaded from"
+
+
+def _guarded_connector(allow_private: bool) -> Callable[..., socket.socket]:
+    """A ``socket.create_connection`` that checks each resolved address before using it."""
+
+    def create_connection(
+        address: tuple[str, int],
+        timeout: float | object = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+        source_address: tuple[str, int] | None = None,
+        **_: object,
+    ) -> socket.socket:
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not allow_private:
+            for *_rest, sockaddr in infos:
+                reason = _refusal(host, str(sockaddr[0]))
+                if reason is not None:
+                    raise DownloadError(reason)
+        error: OSError | None = None
+        for family, kind, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)  # type: ignore[arg-type]
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error or OSError(f"cannot resolve {host}")
+
+    return create_connection
+
+
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    """urllib with every connection (redirects too) going through the address check."""
+    connector = _guarded_connector(allow_private)
+
+    class GuardedHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self._create_connection = connector
+            super().connect()
+
+    class GuardedHTTPSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:  # HTTPSConnection.connect wraps HTTPConnection.connect
+            self._create_connection = connector
+            super().connect()
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(GuardedHTTPConnection, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
+def download(
+    url: str,
+    output: Path,
+    *,
+    index: int,
+    max_bytes: int,
+    timeout: float,
+    allow_private: bool = False,
+) -> Path:
     """Fetch `url` into `output`; returns the file written."""
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
@@ -54,7 +147,8 @@ def download(url: str, output: Path, *, index: int, max_bytes: int, timeout: flo
     deadline = time.monotonic() + timeout
     received = 0
     try:
-        with urllib.request.urlopen(url, timeout=min(timeout, 60.0)) as response:
+        opener = _opener(allow_private)
+        with opener.open(url, timeout=min(timeout, 60.0)) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise DownloadError(f"{url}: {declared} bytes exceeds the limit of {max_bytes}")
@@ -89,12 +183,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per file, seconds (default 3600)"
     )
+    p.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="also download from loopback/private/link-local addresses (an in-cluster mirror)",
+    )
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     args = p.parse_args(argv)
     logs.configure(args.log_format)
     for index, url in enumerate(args.urls):
         try:
-            download(url, args.output, index=index, max_bytes=args.max_bytes, timeout=args.timeout)
+            download(
+                url,
+                args.output,
+                index=index,
+                max_bytes=args.max_bytes,
+                timeout=args.timeout,
+                allow_private=args.allow_private_addresses,
+            )
         except DownloadError as exc:
             log.error("download failed", url=url, error=str(exc))
             return 1

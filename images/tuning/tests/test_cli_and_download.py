@@ -93,7 +93,14 @@ def data_server() -> Iterator[str]:
 
 
 def test_download_fetches_http_into_the_directory(data_server: str, tmp_path: Path) -> None:
-    path = download(f"{data_server}/data.jsonl", tmp_path, index=0, max_bytes=10**6, timeout=10)
+    path = download(
+        f"{data_server}/data.jsonl",
+        tmp_path,
+        index=0,
+        max_bytes=10**6,
+        timeout=10,
+        allow_private=True,
+    )
     assert path == tmp_path / "data.jsonl"
     assert path.read_bytes() == PAYLOAD
 
@@ -101,14 +108,28 @@ def test_download_fetches_http_into_the_directory(data_server: str, tmp_path: Pa
 @pytest.mark.parametrize("name", ["data.jsonl", "undeclared.jsonl"])
 def test_download_enforces_the_size_limit(data_server: str, tmp_path: Path, name: str) -> None:
     with pytest.raises(DownloadError, match="limit"):
-        download(f"{data_server}/{name}", tmp_path, index=0, max_bytes=100, timeout=10)
+        download(
+            f"{data_server}/{name}",
+            tmp_path,
+            index=0,
+            max_bytes=100,
+            timeout=10,
+            allow_private=True,
+        )
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
 
 
 def test_download_times_out(data_server: str, tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(DownloadError):
-        download(f"{data_server}/slow.jsonl", tmp_path, index=0, max_bytes=10**6, timeout=1)
+        download(
+            f"{data_server}/slow.jsonl",
+            tmp_path,
+            index=0,
+            max_bytes=10**6,
+            timeout=1,
+            allow_private=True,
+        )
     assert time.monotonic() - started < 2.5
     assert list(tmp_path.iterdir()) == []
 
@@ -121,4 +142,73 @@ def test_download_refuses_other_schemes(url: str, tmp_path: Path) -> None:
 
 def test_download_reports_http_errors(data_server: str, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="404"):
-        download(f"{data_server}/nothing", tmp_path, index=0, max_bytes=100, timeout=5)
+        download(
+            f"{data_server}/nothing",
+            tmp_path,
+            index=0,
+            max_bytes=100,
+            timeout=5,
+            allow_private=True,
+        )
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("127.0.0.1", "a loopback address"),
+        ("localhost", "a loopback address"),
+        ("169.254.169.254", "link-local address"),
+        ("10.0.0.7", "a private address"),
+        ("[::1]", "a loopback address"),
+    ],
+)
+def test_download_refuses_internal_addresses_at_connect_time(
+    host: str, why: str, data_server: str, tmp_path: Path
+) -> None:
+    """The check runs on the address actually connected to (a name is resolved first),
+    so nothing internal is reached: the local server is never asked."""
+    port = data_server.rsplit(":", 1)[1]
+    with pytest.raises(DownloadError, match=why):
+        download(f"http://{host}:{port}/data.jsonl", tmp_path, index=0, max_bytes=100, timeout=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_an_internal_address_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redirects go through the same check: a public first hop cannot bounce the
+    downloader onto the metadata service. The first hop here is the loopback test
+    server, which the test lets through by exempting 127.0.0.1 from the check; the
+    redirect's target is then checked on its own and refused."""
+    from kaito_tuning import download as module
+
+    checked: list[str] = []
+    real = module._refusal
+
+    def loopback_exempt(host: str, address: str) -> str | None:
+        checked.append(address)
+        return None if address == "127.0.0.1" else real(host, address)
+
+    monkeypatch.setattr(module, "_refusal", loopback_exempt)
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.jsonl"
+        with pytest.raises(DownloadError, match=r"169\.254\.169\.254 is a link-local address"):
+            download(url, tmp_path, index=0, max_bytes=100, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert checked == ["127.0.0.1", "169.254.169.254"]
+    assert list(tmp_path.iterdir()) == []
