@@ -22,6 +22,7 @@ import http.client
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -104,6 +105,7 @@ def _guarded_connector(allow_private: bool) -> Callable[..., socket.socket]:
 def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
     """urllib with every connection (redirects too) going through the address check."""
     connector = _guarded_connector(allow_private)
+    tls = ssl.create_default_context()
 
     class GuardedHTTPConnection(http.client.HTTPConnection):
         def connect(self) -> None:
@@ -121,7 +123,7 @@ def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
 
     class HTTPSHandler(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+            return self.do_open(GuardedHTTPSConnection, req, context=tls)
 
     return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
