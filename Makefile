@@ -15,7 +15,7 @@ include mk/inference.mk
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	hack/heartbeat.sh setup $(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 control-plane:

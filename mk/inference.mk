@@ -28,7 +28,7 @@ INF_ENV := OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 TOKENIZERS_PARALLELISM=fal
 $(INF_STAMP): $(INF_REQUIREMENTS) $(INF_CONSTRAINTS)
 	@echo "[setup-inference] $(INF_VENV): vLLM 0.32.0 CPU build + torch 2.13.0 CPU (~2.5 GB, a few minutes the first time)"
 	@test -x $(INF_BIN)/python || $(INF_PYTHON) -m venv $(INF_VENV)
-	PIP_CONSTRAINT="$(abspath $(INF_CONSTRAINTS))" $(INF_BIN)/pip install -q -r $(INF_REQUIREMENTS)
+	PIP_CONSTRAINT="$(abspath $(INF_CONSTRAINTS))" hack/heartbeat.sh setup-inference $(INF_BIN)/pip install -q -r $(INF_REQUIREMENTS)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA-linked and break transformers'
 	@# imports on these machines; triton has no use on CPU. Text models need none of them.
 	@$(INF_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>&1 | grep -v "not installed" || true
