@@ -34,13 +34,13 @@ from typing import Any
 
 import yaml
 
+from kaito.api.machine import MACHINES
+from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
-from kaito.runtime.resource import NODES, PODS, Resource
+from kaito.runtime.resource import NODES, PODS
 
-WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
-MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 NS = "default"
 POLL = 0.02
@@ -61,7 +61,7 @@ def _true(obj: Obj, ctype: str) -> bool:
 
 async def _get(client: Client, name: str) -> Obj | None:
     try:
-        return await client.get(WORKSPACES, name, NS)
+        return await client.get(WORKSPACES_V1ALPHA1, name, NS)
     except NotFound:
         return None
 
@@ -75,7 +75,7 @@ async def one_run(
     body["resource"]["count"] = count
     selector = f"kaito.sh/workspace={name}"
     t0 = time.monotonic()
-    await client.create(WORKSPACES, body, NS)
+    await client.create(WORKSPACES_V1ALPHA1, body, NS)
     marks: dict[str, float] = {}
 
     def mark(key: str) -> None:
@@ -121,7 +121,7 @@ async def one_run(
         marks["server start-up"] = server
         marks["KAITO's part"] = marks["WorkspaceReady"] - server
     marks["Node Ready -> ResourceReady"] = marks["ResourceReady"] - marks["Node Ready"]
-    await client.delete(WORKSPACES, name, NS)
+    await client.delete(WORKSPACES_V1ALPHA1, name, NS)
     while await _get(client, name) is not None:
         await asyncio.sleep(0.1)
     return marks

@@ -32,6 +32,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kaito.api.machine import MACHINES
+from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.dev.controlplane import ControlPlaneState
 from kaito.dev.stack import read_env_file
 from kaito.runtime.client import Client, ClientConfig
@@ -43,15 +45,12 @@ from kaito.runtime.resource import (
     NODES,
     PODS,
     SERVICES,
-    Resource,
 )
 from tests.integration.polling import poll_until
 from tests.integration.prometheus import start_prometheus
 
 Obj = dict[str, Any]
 
-WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
-MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
 NS = "default"
 PRESET = "tiny-llama-test"
 ADAPTER = "tuned"
@@ -88,7 +87,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client
 
 def workspace(name: str, **section: Any) -> Obj:
     return {
-        "apiVersion": WORKSPACES.api_version,
+        "apiVersion": WORKSPACES_V1ALPHA1.api_version,
         "kind": "Workspace",
         "metadata": {"name": name, "namespace": NS},
         "resource": {
@@ -105,7 +104,7 @@ def conditions(obj: Obj | None) -> dict[str, Obj]:
 
 async def get_ws(client: Client, name: str) -> Obj | None:
     try:
-        return await client.get(WORKSPACES, name, NS)
+        return await client.get(WORKSPACES_V1ALPHA1, name, NS)
     except NotFound:
         return None
 
@@ -194,7 +193,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
             "output": {"volumeSource": {"hostPath": {"path": str(output)}}},
         },
     )
-    await client.create(WORKSPACES, tuning)
+    await client.create(WORKSPACES_V1ALPHA1, tuning)
     ws = await wait_true(client, "tune-tiny", "JobStarted")
     ws = await wait_true(client, "tune-tiny", "WorkspaceReady")
     assert conditions(ws)["WorkspaceReady"]["reason"] == "TuningSucceeded"
@@ -219,7 +218,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
             ],
         },
     )
-    await client.create(WORKSPACES, serving)
+    await client.create(WORKSPACES_V1ALPHA1, serving)
     ws = await wait_true(client, "serve-tiny", "WorkspaceReady")
     assert conditions(ws)["InferenceReady"]["status"] == "True"
     pods = await client.list(PODS, NS, label_selector="kaito.sh/workspace=serve-tiny")
@@ -251,7 +250,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
 
     # 4. Deletion leaves nothing behind.
     for name in ("serve-tiny", "tune-tiny"):
-        await client.delete(WORKSPACES, name, NS)
+        await client.delete(WORKSPACES_V1ALPHA1, name, NS)
     for name in ("serve-tiny", "tune-tiny"):
         await poll_until(
             lambda n=name: get_ws(client, n),  # type: ignore[misc]

@@ -34,13 +34,13 @@ from typing import Any
 import aiohttp
 import yaml
 
+from kaito.api.machine import MACHINES
+from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
-from kaito.runtime.resource import NODES, PODS, SERVICES, Resource
+from kaito.runtime.resource import NODES, PODS, SERVICES
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
-WORKSPACES = Resource("kaito.sh", "v1alpha1", "workspaces", "Workspace")
-MACHINES = Resource("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
 CHAT_PROMPT = "What is Kubernetes?"
 
 Obj = dict[str, Any]
@@ -132,7 +132,7 @@ async def _follow(
     timeout: float,
 ) -> tuple[Obj, Obj]:
     told: set[str] = set()
-    last_table = ""
+    shown: tuple[tuple[str, str], ...] | None = None
 
     def tell(key: str, message: str) -> None:
         if key not in told:
@@ -151,26 +151,22 @@ async def _follow(
         pod = next((p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")), None)
         if pod is not None:
             _narrate_pod(pod, tell)
-        ws = await client.get(WORKSPACES, name, ns)
+        ws = await client.get(WORKSPACES_V1ALPHA1, name, ns)
         conds = _conditions(ws)
         for ctype in ("ResourceReady", "InferenceReady", "WorkspaceReady"):
             cond = conds.get(ctype)
             if cond and cond["status"] == "True":
                 tell(ctype, f"{ctype}=True ({cond.get('reason')}): {cond.get('message', '')[:120]}")
-        table = kubectl_get_workspace(state.kubeconfig, name, ns)
-        if _without_age(table) != _without_age(last_table):
-            last_table = table
+        columns = tuple(sorted((t, c["status"]) for t, c in conds.items()))
+        if columns != shown:  # kubectl only when a column can have changed
+            shown = columns
+            table = await asyncio.to_thread(kubectl_get_workspace, state.kubeconfig, name, ns)
             for line in table.splitlines():
                 say(f"    {line}")
         if _is_true(ws, "WorkspaceReady") and pod is not None:
             return ws, pod
         await asyncio.sleep(0.1)
     raise TimeoutError(f"workspace {ns}/{name} not WorkspaceReady after {timeout:.0f}s")
-
-
-def _without_age(table: str) -> list[list[str]]:
-    """The table's cells without the AGE column, which changes every second."""
-    return [line.split()[:-1] for line in table.splitlines()]
 
 
 def _narrate_pod(pod: Obj, tell: Callable[[str, str], None]) -> None:
@@ -235,7 +231,7 @@ async def _create_when_webhook_answers(client: Client, body: Obj, ns: str) -> No
     deadline = time.monotonic() + 30
     while True:
         try:
-            await client.create(WORKSPACES, body, ns)
+            await client.create(WORKSPACES_V1ALPHA1, body, ns)
             return
         except Exception:
             if time.monotonic() > deadline:

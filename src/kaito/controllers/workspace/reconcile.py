@@ -30,6 +30,7 @@ requeues with backoff; a Conflict (our cache behind our own write) requeues at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
 from kaito.runtime.events import EventRecorder, EventType
 from kaito.runtime.reconcile import Request, Result, TerminalError
-from kaito.runtime.resource import NODES
+from kaito.runtime.resource import NODES, Resource
 
 __all__ = ["DEFAULT_DISK", "WorkspaceReconciler", "revision_hash"]
 
@@ -363,26 +364,26 @@ class WorkspaceReconciler:
 
     # -- step 1, deleting ---------------------------------------------------------------------
 
+    async def _delete_claims(self, ctx: _Ctx, claims: Resource) -> list[Obj]:
+        """Delete the Workspace's Machines/NodeClaims (read live, not from the cache, so
+        that one the cache has not seen yet is not missed); those that still exist."""
+        remaining = await self.client.list_all(
+            claims, label_selector=machine_selector(ctx.namespace, ctx.name)
+        )
+        for claim in remaining:
+            if claim["metadata"].get("deletionTimestamp"):
+                continue
+            name = claim["metadata"]["name"]
+            with contextlib.suppress(NotFound):
+                await self.client.delete(claims, name)
+                ctx.log.info(f"{claims.kind.lower()} deleted", name=name)
+        return remaining
+
     async def _finalize(self, ctx: _Ctx) -> Result | None:
         if FINALIZER not in ctx.ws.metadata.finalizers:
             return None
         claims = self.provisioning.resource
-        remaining = (
-            await self.client.list_all(
-                claims, label_selector=machine_selector(ctx.namespace, ctx.name)
-            )
-            if claims is not None
-            else []
-        )
-        for machine in remaining:
-            if machine["metadata"].get("deletionTimestamp"):
-                continue
-            name = machine["metadata"]["name"]
-            try:
-                await self.client.delete(claims, name)  # type: ignore[arg-type]
-            except NotFound:
-                continue
-            ctx.log.info("machine deleted", machine=name)
+        remaining = await self._delete_claims(ctx, claims) if claims is not None else []
         if remaining:
             names = sorted(m["metadata"]["name"] for m in remaining)
             ctx.status.set(

@@ -358,10 +358,9 @@ class PodWorker:
             st.run()
             self._log.info("container started", container=name, pid=proc.pid, log=str(log_path))
             self.event("Normal", "Started", f"Started container {name} as local process {proc.pid}")
+            # Init containers have no readiness: they only have to finish.
             probe: asyncio.Task[None] | None = None
-            if init:
-                pass
-            elif spec.get("readinessProbe"):
+            if not init and spec.get("readinessProbe"):
                 probe = asyncio.create_task(
                     probe_readiness(
                         spec,
@@ -371,7 +370,7 @@ class PodWorker:
                         log=self._log,
                     )
                 )
-            else:
+            elif not init:
                 st.ready = True
             self.changed()
             try:

@@ -28,11 +28,10 @@ container spawned (inherited environment) can be found again by `orphans`."""
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
+    # Without libc (not Linux) the process-group kill on stop still applies.
+    with contextlib.suppress(OSError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class ContainerProcess:
