@@ -73,7 +73,7 @@ def _workspace(body: Obj, namespace: str) -> Any:
 
 def inference_template(namespace: str = "default") -> tuple[str, Obj]:
     """The quick start Workspace's inference pod template: (workspace name, template)."""
-    from kaito.controllers.workspace.inference import inference_objects
+    from kaito.controllers.workspace.workload.inference import inference_objects
 
     ws = _workspace(
         yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text()), namespace
@@ -86,7 +86,7 @@ def inference_template(namespace: str = "default") -> tuple[str, Obj]:
 
 def tuning_template(namespace: str = "default") -> tuple[str, Obj]:
     """A tuning Workspace's Job pod template: (workspace name, template)."""
-    from kaito.controllers.workspace.tuning import tuning_job
+    from kaito.controllers.workspace.tuning.job import tuning_job
 
     ws = _workspace(
         {

@@ -25,7 +25,7 @@ import yaml
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import LABEL_WORKSPACE, WORKSPACES, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.webhook import (
+from kaito.controllers.workspace.admission.webhook import (
     CERT_SECRET,
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,

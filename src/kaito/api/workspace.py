@@ -10,7 +10,7 @@ The models parse what the apiserver returns (unknown fields ignored, camelCase o
 wire, snake_case in Python) and generate the CRD's schema, so the two cannot drift.
 Semantic rules (known preset, enough GPU memory, immutable fields) are not here: they
 need the preset catalog and the SKU table, and live in the validating webhook
-(``kaito.controllers.workspace.validation``).
+(``kaito.controllers.workspace.admission.validation``).
 
 Regenerate the committed CRD with ``python -m kaito.api.workspace`` (``--check``: exit 1
 when the committed file is stale).

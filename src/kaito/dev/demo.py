@@ -29,7 +29,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import yaml
@@ -38,12 +37,11 @@ from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES, PODS, SERVICES
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 CHAT_PROMPT = "What is Kubernetes?"
-
-Obj = dict[str, Any]
 
 
 def _conditions(obj: Obj) -> dict[str, Obj]:

@@ -33,13 +33,12 @@ from kaito.provisioner.nodes import node_ready
 from kaito.provisioner.pool import agentpool_of
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
+from kaito.runtime.meta import Obj
 from kaito.runtime.predicate import Funcs
 from kaito.runtime.reconcile import Request
 from kaito.runtime.resource import NODES
 
 __all__ = ["Provisioner"]
-
-Obj = dict[str, Any]
 
 
 def _machine_changed(old: Obj, new: Obj) -> bool:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from kaito.api.machine import ConditionType
+from kaito.runtime.meta import Obj
 
 __all__ = ["StatusDraft", "now_rfc3339", "parse_time"]
 
-Obj = dict[str, Any]
 Status = Literal["True", "False", "Unknown"]
 _ORDER = (
     ConditionType.LAUNCHED,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -34,6 +33,7 @@ from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.events import EventRecorder, EventType
+from kaito.runtime.meta import Obj
 from kaito.runtime.reconcile import Request, Result
 from kaito.runtime.resource import NODES
 
@@ -42,7 +42,6 @@ __all__ = ["GC_REQUEST", "GarbageCollector"]
 log = structlog.get_logger("kaito.provisioner.gc")
 
 GC_REQUEST = Request("", "agent-pool-gc")
-Obj = dict[str, Any]
 
 
 class GarbageCollector:

@@ -53,6 +53,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import Conflict, NotFound
 from kaito.runtime.events import EventRecorder, EventType
 from kaito.runtime.labels import parse_selector
+from kaito.runtime.meta import Obj
 from kaito.runtime.ratelimit import ItemExponentialFailureRateLimiter
 from kaito.runtime.reconcile import Request, Result
 from kaito.runtime.resource import NODES
@@ -69,7 +70,6 @@ __all__ = [
 log = structlog.get_logger("kaito.provisioner")
 
 T = TypeVar("T")
-Obj = dict[str, Any]
 
 TOKEN_ANNOTATION = "kaito.sh/agentpool-create-token"
 """The continuation token of the agent-pool create in flight (removed once it ends)."""

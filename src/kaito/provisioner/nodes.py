@@ -16,10 +16,10 @@ from typing import Any
 
 from kaito.api.machine import LABEL_INITIALIZED, LABEL_REGISTERED, Machine, Taint, parse_quantity
 from kaito.provisioner.pool import is_gpu, taint_string
+from kaito.runtime.meta import Obj
 
 __all__ = ["NodeChange", "initialization_gaps", "node_ready", "plan_registration"]
 
-Obj = dict[str, Any]
 GPU = "nvidia.com/gpu"
 _NOT_NODE_RESOURCES = frozenset({"storage", "ephemeral-storage"})
 EPHEMERAL_TAINTS = frozenset(

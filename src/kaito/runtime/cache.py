@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import orjson
 
 from kaito.runtime.labels import Selector, parse_selector
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import object_key
 
-Obj = dict[str, Any]
 IndexFunc = Callable[[Obj], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"

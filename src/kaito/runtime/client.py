@@ -35,11 +35,11 @@ import structlog
 
 from kaito.runtime import metrics
 from kaito.runtime.errors import ApiError
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import Resource
 
 log = structlog.get_logger("kaito.runtime.client")
 
-Obj = dict[str, Any]
 
 MAX_RETRIES = 10
 """Retries of a request answered 429 (or 5xx) with Retry-After; client-go uses 10."""

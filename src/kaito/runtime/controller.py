@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import structlog
 
@@ -31,6 +30,7 @@ from kaito.runtime import metrics
 from kaito.runtime._clock import Clock, RealClock
 from kaito.runtime.handler import Handler
 from kaito.runtime.informer import Informer
+from kaito.runtime.meta import Obj
 from kaito.runtime.predicate import Predicate
 from kaito.runtime.ratelimit import RateLimiter, default_controller_rate_limiter
 from kaito.runtime.reconcile import Request, Result, TerminalError
@@ -38,7 +38,6 @@ from kaito.runtime.workqueue import QueueShutDown, WorkQueue
 
 log = structlog.get_logger("kaito.runtime.controller")
 
-Obj = dict[str, Any]
 Reconciler = Callable[[Request], Awaitable[Result | None]]
 
 PANIC_TYPES: tuple[type[BaseException], ...] = (

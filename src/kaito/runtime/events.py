@@ -23,19 +23,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS
 
 __all__ = ["EventRecorder", "EventType"]
 
 log = structlog.get_logger(__name__)
 
-Obj = dict[str, Any]
 
 _REF_FIELDS = ("kind", "apiVersion", "name", "namespace", "uid", "resourceVersion")
 _RETRY_DELAYS = (0.5, 2.0)

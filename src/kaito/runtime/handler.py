@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
+from kaito.runtime.meta import Obj
 from kaito.runtime.reconcile import Request
-
-Obj = dict[str, Any]
 
 
 class Enqueue(Protocol):

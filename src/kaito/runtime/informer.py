@@ -26,7 +26,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -34,11 +34,11 @@ import structlog
 from kaito.runtime.cache import Cache, IndexFunc
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, Gone
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import Resource, object_key
 
 log = structlog.get_logger("kaito.runtime.informer")
 
-Obj = dict[str, Any]
 Transform = Callable[[Obj], Obj]
 
 

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import structlog
 
@@ -52,13 +52,13 @@ from kaito.runtime import metrics
 from kaito.runtime._clock import Clock, RealClock
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, Conflict, NotFound
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import LEASES
 
 __all__ = ["LeaderElectionLost", "LeaderElector", "default_identity", "micro_time"]
 
 log = structlog.get_logger(__name__)
 
-Obj = dict[str, Any]
 
 _RECORD_FIELDS = (
     "holderIdentity",

@@ -8,9 +8,8 @@ writes); they never replace reading the current state in the reconciler.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
 
 
 class Predicate:

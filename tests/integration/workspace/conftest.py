@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kaito.api.workspace import CRD_PATH, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.webhook import (
+from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     PATH,
     VALIDATING_WEBHOOK_CONFIGURATIONS,

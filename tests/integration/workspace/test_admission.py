@@ -19,8 +19,8 @@ import yaml
 from prometheus_client import generate_latest
 
 from kaito.api.workspace import WORKSPACES, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.certs import load_or_create_certificate
-from kaito.controllers.workspace.webhook import (
+from kaito.controllers.workspace.admission.certs import load_or_create_certificate
+from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
     WebhookOptions,

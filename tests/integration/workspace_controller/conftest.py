@@ -27,8 +27,8 @@ import pytest
 
 from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
-from kaito.controllers.workspace.provisioning import Provisioning
-from kaito.controllers.workspace.status import now_rfc3339
+from kaito.controllers.workspace.nodes.provisioning import Provisioning
+from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.webhook import (
+from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
 )

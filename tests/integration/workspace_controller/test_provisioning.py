@@ -10,7 +10,7 @@ import pytest
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import ANNOTATION_REVISION, FINALIZER
-from kaito.controllers.workspace.machines import machine_name
+from kaito.controllers.workspace.nodes.machines import machine_name
 from kaito.provisioner.emulator import Fault, FaultKind
 from kaito.runtime.client import Client
 from kaito.runtime.resource import NODES

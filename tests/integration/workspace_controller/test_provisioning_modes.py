@@ -14,9 +14,9 @@ import contextlib
 from typing import Any
 
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.machines import machine_name
-from kaito.controllers.workspace.provisioning import NODECLAIMS, Mode, Provisioning
-from kaito.controllers.workspace.status import now_rfc3339
+from kaito.controllers.workspace.nodes.machines import machine_name
+from kaito.controllers.workspace.nodes.provisioning import NODECLAIMS, Mode, Provisioning
+from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kaito.api.workspace import ANNOTATION_REVISION, WORKSPACES, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.status import now_rfc3339
+from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.runtime.client import Client
 from kaito.runtime.resource import (
     CONFIGMAPS,

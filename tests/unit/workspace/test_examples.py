@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from kaito.api.workspace import Workspace
-from kaito.controllers.workspace.inference import inference_objects
-from kaito.controllers.workspace.tuning import tuning_job
-from kaito.controllers.workspace.validation import validate
+from kaito.controllers.workspace.admission.validation import validate
+from kaito.controllers.workspace.tuning.job import tuning_job
+from kaito.controllers.workspace.workload.inference import inference_objects
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
 BODIES = {p.stem: yaml.safe_load(p.read_text()) for p in EXAMPLES}

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from kaito.api import workspace as api
-from kaito.controllers.workspace import webhook
+from kaito.controllers.workspace.admission import webhook
 
 
 def test_committed_crd_is_current() -> None:
@@ -17,7 +17,7 @@ def test_committed_crd_is_current() -> None:
 
 def test_committed_webhook_manifests_are_current() -> None:
     assert webhook.main(["manifests", "--check"]) == 0, (
-        "run `python -m kaito.controllers.workspace.webhook manifests`"
+        "run `python -m kaito.controllers.workspace.admission.webhook manifests`"
     )
 
 

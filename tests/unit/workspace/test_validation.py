@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kaito.controllers.workspace.validation import (
+from kaito.controllers.workspace.admission.validation import (
     check_capacity,
     parse,
     url_problem,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from kaito.controllers.workspace.certs import CERT_VALIDITY, generate_certificate
-from kaito.controllers.workspace.validation import FieldError
-from kaito.controllers.workspace.webhook import WebhookOptions, review_response
+from kaito.controllers.workspace.admission.certs import CERT_VALIDITY, generate_certificate
+from kaito.controllers.workspace.admission.validation import FieldError
+from kaito.controllers.workspace.admission.webhook import WebhookOptions, review_response
 
 
 def test_allowed_review_carries_the_uid_and_no_status() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from kaito.api.machine import Machine
 from kaito.api.workspace import Workspace
-from kaito.controllers.workspace.machines import (
+from kaito.controllers.workspace.nodes.machines import (
     machine_body,
     machine_name,
     summarize,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kaito.controllers.workspace.readiness import inference_verdict, job_verdicts, pod_problem
+from kaito.controllers.workspace.status.readiness import (
+    inference_verdict,
+    job_verdicts,
+    pod_problem,
+)
 
 Obj = dict[str, Any]
 

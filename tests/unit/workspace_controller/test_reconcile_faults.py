@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
-from kaito.controllers.workspace.workload import WorkloadCaches
+from kaito.controllers.workspace.workload.sync import WorkloadCaches
 from kaito.runtime.cache import Cache
 from kaito.runtime.errors import AlreadyExists, ApiError
 from kaito.runtime.reconcile import Request

@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 
 from kaito.api.workspace import Workspace
-from kaito.controllers.workspace import status as status_mod
-from kaito.controllers.workspace.nodes import (
+from kaito.controllers.workspace.nodes.selection import (
     gpu_capacity,
     needs_accelerator_label,
     ordered_candidates,
     qualifies,
 )
 from kaito.controllers.workspace.reconcile import revision_hash
-from kaito.controllers.workspace.status import StatusDraft
+from kaito.controllers.workspace.status import draft as status_mod
+from kaito.controllers.workspace.status.draft import StatusDraft
 
 Obj = dict[str, Any]
 

@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
-from kaito.controllers.workspace import podspec
-from kaito.controllers.workspace.inference import inference_objects
-from kaito.controllers.workspace.tuning import tuning_job
+from kaito.controllers.workspace.tuning.job import tuning_job
+from kaito.controllers.workspace.workload import podspec
+from kaito.controllers.workspace.workload.inference import inference_objects
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STATEFULSETS
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

@@ -1,6 +1,9 @@
-"""The workspace controller: Workspace admission (``webhook``, ``validation``) first.
+"""The workspace controller, one subpackage per concept.
 
-- ``validation``: every admission rule of WORKSPACE.md as plain functions.
-- ``webhook``: the HTTPS server answering the apiserver's AdmissionReviews, with its own
-  certificate and the ValidatingWebhookConfiguration it keeps pointed at itself.
+- ``admission``: every admission rule of WORKSPACE.md and the webhook serving them;
+- ``nodes``: which nodes serve a Workspace and the Machines/NodeClaims for the rest;
+- ``workload``: an inference Workspace's ConfigMap, Services and Deployment/StatefulSet;
+- ``tuning``: a tuning Workspace's Job;
+- ``status``: conditions and the verdicts folded from workloads and pods;
+- ``reconcile`` ties them together; ``app`` wires the manager; ``cli`` is the entrypoint.
 """

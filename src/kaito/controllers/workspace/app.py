@@ -27,15 +27,16 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kaito.api.workspace import WORKSPACES, ConditionType, Workspace
-from kaito.controllers.workspace import machines as mach
-from kaito.controllers.workspace import nodes as nd
-from kaito.controllers.workspace.provisioning import NODECLAIM_READY, Provisioning
+from kaito.controllers.workspace.admission.webhook import WebhookOptions, run_with_manager
+from kaito.controllers.workspace.nodes import machines as mach
+from kaito.controllers.workspace.nodes import selection as nd
+from kaito.controllers.workspace.nodes.provisioning import NODECLAIM_READY, Provisioning
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
-from kaito.controllers.workspace.webhook import WebhookOptions, run_with_manager
-from kaito.controllers.workspace.workload import WORKLOAD_SELECTOR, WorkloadCaches
+from kaito.controllers.workspace.workload.sync import WORKLOAD_SELECTOR, WorkloadCaches
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
+from kaito.runtime.meta import Obj
 from kaito.runtime.metrics import REGISTRY
 from kaito.runtime.predicate import Funcs, ResourceVersionChanged
 from kaito.runtime.reconcile import Request
@@ -58,7 +59,6 @@ __all__ = [
     "workspace_state",
 ]
 
-Obj = dict[str, Any]
 
 _IGNORED_METADATA = frozenset({"resourceVersion", "managedFields"})
 

@@ -1,10 +1,11 @@
 """``kaito workspace-controller``: the workspace controller and its validating webhook.
 
 The Deployment's entrypoint. The cluster comes from in-cluster config or
-``--kubeconfig``; the webhook (``--webhook-*`` flags, `kaito.controllers.workspace.webhook`)
-serves beside the manager on every replica, while the reconciler runs only on the
-leader when ``--leader-elect`` is on. SIGTERM/SIGINT stop it gracefully; a lost Lease
-exits 1 so that Kubernetes restarts the pod as a follower.
+``--kubeconfig``; the webhook (``--webhook-*`` flags,
+`kaito.controllers.workspace.admission.webhook`) serves beside the manager on every
+replica, while the reconciler runs only on the leader when ``--leader-elect`` is on.
+SIGTERM/SIGINT stop it gracefully; a lost Lease exits 1 so that Kubernetes restarts the
+pod as a follower.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from kaito.controllers.workspace import webhook
-from kaito.controllers.workspace.provisioning import Mode, Provisioning
+from kaito.controllers.workspace.admission import webhook
+from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
 from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
 
 __all__ = ["add_commands"]

@@ -47,17 +47,18 @@ from kaito.api.workspace import (
     ConditionType,
     Workspace,
 )
-from kaito.controllers.workspace import machines as mach
-from kaito.controllers.workspace import nodes as nd
-from kaito.controllers.workspace.provisioning import Provisioning
-from kaito.controllers.workspace.status import StatusDraft
-from kaito.controllers.workspace.workload import WorkloadCaches, WorkloadSync
+from kaito.controllers.workspace.nodes import machines as mach
+from kaito.controllers.workspace.nodes import selection as nd
+from kaito.controllers.workspace.nodes.provisioning import Provisioning
+from kaito.controllers.workspace.status.draft import StatusDraft
+from kaito.controllers.workspace.workload.sync import WorkloadCaches, WorkloadSync
 from kaito.presets.catalog import get_preset
 from kaito.presets.skus import get_sku
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
 from kaito.runtime.events import EventRecorder, EventType
+from kaito.runtime.meta import Obj
 from kaito.runtime.reconcile import Request, Result, TerminalError
 from kaito.runtime.resource import NODES, Resource
 
@@ -65,7 +66,6 @@ __all__ = ["DEFAULT_DISK", "WorkspaceReconciler", "revision_hash"]
 
 log = structlog.get_logger("kaito.controllers.workspace")
 
-Obj = dict[str, Any]
 
 DEFAULT_DISK = "100Gi"
 """The Machines' disk when the Workspace runs a custom template (no preset to ask)."""

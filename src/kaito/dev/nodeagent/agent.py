@@ -34,6 +34,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.labels import parse_selector
 from kaito.runtime.manager import Manager, ManagerOptions
+from kaito.runtime.meta import Obj
 from kaito.runtime.predicate import Funcs
 from kaito.runtime.reconcile import Request
 from kaito.runtime.resource import NODES, PODS
@@ -46,7 +47,6 @@ __all__ = [
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
-Obj = dict[str, Any]
 
 DEFAULT_NODE_SELECTOR = "kubernetes.azure.com/agentpool"
 """Nodes the agent plays kubelet for: those with an AKS agent-pool label (any value)."""

@@ -25,11 +25,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kaito.dev.nodeagent.volumes import MountMap
-
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
 
 RUNNABLE_MODULES = ("kaito_inference", "kaito_tuning")
 """``python -m <module>`` prefixes the agent runs (the project's own images)."""

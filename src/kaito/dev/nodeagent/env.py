@@ -15,16 +15,15 @@ import base64
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import structlog
 
 from kaito.dev.nodeagent.status import HOST_IP
 from kaito.dev.nodeagent.volumes import Fetch
+from kaito.runtime.meta import Obj
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
-Obj = dict[str, Any]
 
 CPU_ENV = {
     "OMP_NUM_THREADS": "1",

@@ -26,7 +26,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
@@ -50,11 +49,11 @@ from kaito.dev.nodeagent.volumes import (
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.events import EventRecorder
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
-Obj = dict[str, Any]
 
 MODEL_ANNOTATION = "kaito.sh/node-agent-model"
 ADAPTATIONS_ANNOTATION = "kaito.sh/node-agent-adaptations"

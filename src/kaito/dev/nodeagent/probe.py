@@ -16,8 +16,7 @@ from typing import Any
 import aiohttp
 
 from kaito.dev.nodeagent.status import ContainerState
-
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
 
 
 async def probe_readiness(

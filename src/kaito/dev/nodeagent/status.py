@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
 
 HOST_IP = "127.0.0.1"
 

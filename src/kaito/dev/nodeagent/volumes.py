@@ -24,9 +24,9 @@ import posixpath
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
+
 Fetch = Callable[[str, str], Awaitable[Obj | None]]
 """(kind "ConfigMap"|"Secret", name) -> the object, or None when it does not exist."""
 

@@ -23,13 +23,13 @@ from kaito.provisioner.emulator.nodes import (
 )
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES
 
 __all__ = ["SimulatedKubelets"]
 
 log = structlog.get_logger("kaito.provisioner.emulator")
 
-Obj = dict[str, Any]
 Spawn = Callable[[Coroutine[Any, Any, None], str], Any]
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 

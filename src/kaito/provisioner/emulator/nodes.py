@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from kaito.presets.skus import get_sku
-
-Obj = dict[str, Any]
+from kaito.runtime.meta import Obj
 
 KUBELET_VERSION = "v1.29.7"
 NODE_IMAGE = "AKSUbuntu-2204gen2containerd-202407.29.0"

@@ -53,12 +53,12 @@ from kaito.provisioner.emulator.nodes import (
 )
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError
+from kaito.runtime.meta import Obj
 
 __all__ = ["AKSEmulator", "EmulatorConfig", "RecordedRequest"]
 
 log = structlog.get_logger("kaito.provisioner.emulator")
 
-Obj = dict[str, Any]
 
 _POOL_NAME_RULE = "must start with a lowercase letter, have at most 12 characters, a-z and 0-9"
 _PROVIDER = "providers/Microsoft.ContainerService"

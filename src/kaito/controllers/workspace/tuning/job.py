@@ -29,11 +29,11 @@ logs, and the termination message the controller surfaces) for the user to read.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
-from kaito.controllers.workspace import podspec
+from kaito.controllers.workspace.workload import podspec
 from kaito.presets.catalog import get_preset
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import JOBS, Resource
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "tuning_job",
 ]
 
-Obj = dict[str, Any]
 
 DATA_DIR = "/mnt/data"
 OUTPUT_DIR = "/mnt/output"

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
 from kaito.api.machine import LABEL_INSTANCE_TYPE, MACHINES
 from kaito.api.workspace import ConditionType, Workspace
-from kaito.controllers.workspace import machines as mach
+from kaito.controllers.workspace.nodes import machines as mach
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import Resource
 
 __all__ = ["NODECLAIMS", "Mode", "Provisioning", "nodeclaim_body"]
 
-Obj = dict[str, Any]
 
 NODECLAIMS = Resource("karpenter.sh", "v1", "nodeclaims", "NodeClaim", namespaced=False)
 NODEPOOL_LABEL = "karpenter.sh/nodepool"

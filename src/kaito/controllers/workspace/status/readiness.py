@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from kaito.runtime.meta import Obj
 
 __all__ = ["Verdict", "inference_verdict", "job_verdicts", "pod_problem"]
 
-Obj = dict[str, Any]
 Status = Literal["True", "False", "Unknown"]
 
 WAITING_PROBLEMS = frozenset(

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
-from kaito.controllers.workspace import podspec
-from kaito.controllers.workspace.inference import inference_objects
-from kaito.controllers.workspace.readiness import Verdict, inference_verdict, job_verdicts
-from kaito.controllers.workspace.status import StatusDraft
-from kaito.controllers.workspace.tuning import tuning_job
+from kaito.controllers.workspace.status.draft import StatusDraft
+from kaito.controllers.workspace.status.readiness import Verdict, inference_verdict, job_verdicts
+from kaito.controllers.workspace.tuning.job import tuning_job
+from kaito.controllers.workspace.workload import podspec
+from kaito.controllers.workspace.workload.inference import inference_objects
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.events import EventRecorder, EventType
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -49,7 +49,6 @@ __all__ = ["WORKLOAD_SELECTOR", "WorkloadCaches", "WorkloadSync"]
 
 log = structlog.get_logger("kaito.controllers.workspace")
 
-Obj = dict[str, Any]
 
 WORKLOAD_SELECTOR = LABEL_WORKSPACE
 """Label selector (key exists) of every cache of objects the controller creates."""

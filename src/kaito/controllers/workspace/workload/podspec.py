@@ -21,7 +21,6 @@ Pure functions over Workspace models and raw dicts; the reconciler does the I/O.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import orjson
 
@@ -31,9 +30,10 @@ from kaito.api.workspace import (
     WORKSPACES,
     Workspace,
 )
-from kaito.controllers.workspace.nodes import GPU_RESOURCE
+from kaito.controllers.workspace.nodes.selection import GPU_RESOURCE
 from kaito.presets.catalog import Preset
 from kaito.presets.skus import get_sku
+from kaito.runtime.meta import Obj
 
 __all__ = [
     "ANNOTATION_SPEC_HASH",
@@ -48,7 +48,6 @@ __all__ = [
     "with_spec_hash",
 ]
 
-Obj = dict[str, Any]
 
 ANNOTATION_SPEC_HASH = "kaito.sh/spec-hash"
 """On every object the controller writes: sha256 of the desired object, to skip no-op writes."""

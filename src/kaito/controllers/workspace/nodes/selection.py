@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Iterable
-from typing import Any
 
 from kaito.api.machine import LABEL_INSTANCE_TYPE, parse_quantity
 from kaito.api.workspace import Workspace
 from kaito.runtime.labels import selector_from_label_selector
+from kaito.runtime.meta import Obj
 
 __all__ = [
     "ACCELERATOR_NVIDIA",
@@ -28,7 +28,6 @@ __all__ = [
     "qualifies",
 ]
 
-Obj = dict[str, Any]
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_ACCELERATOR = "accelerator"

@@ -27,7 +27,7 @@ from kaito.runtime.errors import AlreadyExists, Conflict, NotFound
 from kaito.runtime.pki import CertificateAuthority, server_ssl_context
 from kaito.runtime.resource import SECRETS
 
-log = structlog.get_logger("kaito.controllers.workspace.certs")
+log = structlog.get_logger("kaito.controllers.workspace.admission.certs")
 
 CERT_VALIDITY = dt.timedelta(days=3650)
 CERT_RENEW_BEFORE = dt.timedelta(days=30)

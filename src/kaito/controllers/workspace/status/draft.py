@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
+
+from kaito.runtime.meta import Obj
 
 __all__ = ["StatusDraft", "now_rfc3339"]
 
-Obj = dict[str, Any]
 Status = Literal["True", "False", "Unknown"]
 
 

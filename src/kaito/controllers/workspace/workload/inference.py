@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
 from kaito.api.workspace import ANNOTATION_REVISION, ANNOTATION_RUNTIME, Runtime, Workspace
-from kaito.controllers.workspace import podspec
+from kaito.controllers.workspace.workload import podspec
 from kaito.presets.catalog import (
     Preset,
     RuntimeChoice,
@@ -44,6 +43,7 @@ from kaito.presets.catalog import (
     select_runtime,
 )
 from kaito.presets.skus import get_sku
+from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, SERVICES, STATEFULSETS, Resource
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "plan_inference",
 ]
 
-Obj = dict[str, Any]
 
 HTTP_PORT = 5000
 SERVICE_PORT = 80

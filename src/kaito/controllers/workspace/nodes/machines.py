@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from kaito.api.machine import LABEL_INSTANCE_TYPE, MACHINES, ConditionType
 from kaito.api.workspace import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Workspace
+from kaito.runtime.meta import Obj
 
 __all__ = [
     "LABEL_MACHINE_TYPE",
@@ -29,7 +30,6 @@ __all__ = [
     "workspace_of",
 ]
 
-Obj = dict[str, Any]
 
 LABEL_PROVISIONER_NAME = "karpenter.sh/provisioner-name"
 LABEL_MACHINE_TYPE = "kaito.sh/machine-type"

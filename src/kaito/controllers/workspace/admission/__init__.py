@@ -1,0 +1,1 @@
+"""Workspace admission: the rules (``validation``), the webhook serving them, its certificate."""

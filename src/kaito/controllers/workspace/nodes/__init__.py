@@ -1,0 +1,2 @@
+"""The GPU nodes a Workspace runs on: which existing nodes qualify (``selection``), the
+Machines or NodeClaims that provision the rest (``machines``, ``provisioning``)."""
