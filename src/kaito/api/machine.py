@@ -15,9 +15,7 @@ admitted so that they can carry a condition that says what is wrong with them.
 
 from __future__ import annotations
 
-import decimal
 import enum
-import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -54,7 +52,6 @@ __all__ = [
     "Taint",
     "crd",
     "crd_yaml",
-    "parse_quantity",
 ]
 
 GROUP = "karpenter.sh"
@@ -100,42 +97,6 @@ Quantity = Annotated[
     ),
 ]
 """A Kubernetes resource quantity: ``120Gi``, ``4``, ``500m``."""
-
-_SUFFIX: dict[str, int | decimal.Decimal] = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": decimal.Decimal("1e-9"),
-    "u": decimal.Decimal("1e-6"),
-    "m": decimal.Decimal("1e-3"),
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-}
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[A-Za-z]*)$")
-
-
-def parse_quantity(value: int | float | str) -> decimal.Decimal:
-    """The number a quantity stands for (``"120Gi"`` -> 128849018880). Raises ValueError."""
-    if isinstance(value, int | float):
-        return decimal.Decimal(value)
-    m = _QUANTITY.match(value.strip())
-    if m is None:
-        raise ValueError(f"{value!r} is not a quantity")
-    number, suffix = m.groups()
-    if suffix[:1] in ("e", "E") and len(suffix) > 1:
-        return decimal.Decimal(number + suffix)
-    if suffix not in _SUFFIX:
-        raise ValueError(f"{value!r} is not a quantity: unknown suffix {suffix!r}")
-    return decimal.Decimal(number) * decimal.Decimal(_SUFFIX[suffix])
-
 
 # -- the model -------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ Engine choice (`select_runtime`), in order:
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from kaito.api.workspace import Runtime
 from kaito.presets.skus import GpuSku
+from kaito.runtime.quantity import quantity_gib
 
 __all__ = [
     "VLLM_MIN_COMPUTE_CAPABILITY",
@@ -45,7 +45,6 @@ __all__ = [
     "get_preset",
     "inference_command",
     "load_catalog",
-    "parse_gib",
     "select_runtime",
 ]
 
@@ -54,30 +53,6 @@ VLLM_MIN_COMPUTE_CAPABILITY = (7, 5)
 
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
 """bfloat16 needs Ampere (8.0) or newer; older GPUs get float16 instead."""
-
-_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?\s*$")
-_TO_GIB = {
-    None: 1 / 2**30,
-    "Ki": 1 / 2**20,
-    "Mi": 1 / 2**10,
-    "Gi": 1.0,
-    "Ti": 2**10,
-    "k": 1e3 / 2**30,
-    "M": 1e6 / 2**30,
-    "G": 1e9 / 2**30,
-    "T": 1e12 / 2**30,
-}
-
-
-def parse_gib(quantity: str) -> float:
-    """A Kubernetes memory quantity ("9Gi", "16.5Gi", "0") in GiB.
-
-    Only the suffixes the catalog uses; anything else raises ``ValueError`` at load time.
-    """
-    m = _QUANTITY.match(quantity)
-    if not m:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    return float(m.group(1)) * _TO_GIB[m.group(2)]
 
 
 class _Data(BaseModel):
@@ -125,16 +100,16 @@ class Preset(_Data):
     @field_validator("total_gpu_memory", "per_gpu_memory", "disk")
     @classmethod
     def _quantity(cls, value: str) -> str:
-        parse_gib(value)
+        quantity_gib(value)
         return value
 
     @property
     def total_gpu_memory_gib(self) -> float:
-        return parse_gib(self.total_gpu_memory)
+        return quantity_gib(self.total_gpu_memory)
 
     @property
     def per_gpu_memory_gib(self) -> float:
-        return parse_gib(self.per_gpu_memory)
+        return quantity_gib(self.per_gpu_memory)
 
     def engine(self, runtime: Runtime) -> EngineParams | None:
         return self.vllm if runtime is Runtime.VLLM else self.transformers

@@ -29,11 +29,11 @@ from kaito.provisioner.lifecycle import (
     machine_state,
 )
 from kaito.provisioner.metrics import STATE_COLLECTOR
-from kaito.provisioner.nodes import node_ready
 from kaito.provisioner.pool import agentpool_of
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
 from kaito.runtime.meta import Obj
+from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import Funcs
 from kaito.runtime.reconcile import Request
 from kaito.runtime.resource import NODES

@@ -26,7 +26,7 @@ import structlog
 
 from kaito.api.machine import MACHINES, ConditionType
 from kaito.provisioner.azure import AgentPoolAPI, AzureError
-from kaito.provisioner.conditions import StatusDraft
+from kaito.provisioner.conditions import MachineStatusDraft
 from kaito.provisioner.lifecycle import AGENTPOOL_INDEX
 from kaito.provisioner.pool import LABEL_CREATION_TIMESTAMP, is_kaito_pool, parse_creation_timestamp
 from kaito.runtime.cache import Cache
@@ -82,7 +82,7 @@ class GarbageCollector:
             for m in self.machines.all()
             if self.is_managed(m)
             and not m["metadata"].get("deletionTimestamp")
-            and StatusDraft(m.get("status")).is_true(ConditionType.LAUNCHED)
+            and MachineStatusDraft(m.get("status")).is_true(ConditionType.LAUNCHED)
         }
         pools = {p.name: p for p in await self.api.list()}
         machines_after = set(self.machines.keys())
@@ -112,7 +112,7 @@ class GarbageCollector:
 
     async def _retire(self, machine: Obj) -> None:
         name = machine["metadata"]["name"]
-        draft = StatusDraft(machine.get("status"))
+        draft = MachineStatusDraft(machine.get("status"))
         message = f"agent pool {name} no longer exists; deleting the Machine so that it is replaced"
         draft.set(ConditionType.LAUNCHED, "False", "AgentPoolNotFound", message)
         try:

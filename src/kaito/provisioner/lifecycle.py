@@ -44,7 +44,7 @@ from kaito.api.machine import (
 )
 from kaito.provisioner import metrics
 from kaito.provisioner.azure import AgentPool, AgentPoolAPI, AzureError
-from kaito.provisioner.conditions import StatusDraft
+from kaito.provisioner.conditions import MachineStatusDraft
 from kaito.provisioner.config import ProvisionerConfig
 from kaito.provisioner.nodes import initialization_gaps, initialized_change, plan_registration
 from kaito.provisioner.pool import NAME_PATTERN, pool_spec, validate
@@ -130,7 +130,7 @@ class DeletionWatch:
 class _Ctx:
     obj: Obj
     machine: Machine
-    status: StatusDraft
+    status: MachineStatusDraft
     log: Any
 
     @property
@@ -181,7 +181,7 @@ class MachineLifecycle:
         ctx = _Ctx(
             obj,
             Machine.model_validate(obj),
-            StatusDraft(obj.get("status")),
+            MachineStatusDraft(obj.get("status")),
             log.bind(machine=req.name, pool=req.name),
         )
         if ctx.machine.metadata.deletion_timestamp is not None:
@@ -464,7 +464,7 @@ class MachineLifecycle:
         }
         ctx.obj = await self.client.patch(MACHINES, ctx.name, body, subresource="status")
         ctx.machine = Machine.model_validate(ctx.obj)
-        ctx.status = StatusDraft(ctx.obj.get("status"))
+        ctx.status = MachineStatusDraft(ctx.obj.get("status"))
 
 
 def machine_state(obj: Obj) -> str:

@@ -14,11 +14,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaito.api.machine import LABEL_INITIALIZED, LABEL_REGISTERED, Machine, Taint, parse_quantity
+from kaito.api.machine import LABEL_INITIALIZED, LABEL_REGISTERED, Machine, Taint
 from kaito.provisioner.pool import is_gpu, taint_string
 from kaito.runtime.meta import Obj
+from kaito.runtime.nodes import node_ready
+from kaito.runtime.quantity import parse_quantity
 
-__all__ = ["NodeChange", "initialization_gaps", "node_ready", "plan_registration"]
+__all__ = ["NodeChange", "initialization_gaps", "plan_registration"]
 
 GPU = "nvidia.com/gpu"
 _NOT_NODE_RESOURCES = frozenset({"storage", "ephemeral-storage"})
@@ -30,13 +32,6 @@ EPHEMERAL_TAINTS = frozenset(
     }
 )
 """Taints Kubernetes itself puts on a Node until it is up (karpenter waits for them too)."""
-
-
-def node_ready(node: Obj) -> bool:
-    for cond in node.get("status", {}).get("conditions") or ():
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
 
 
 def _same_taint(a: Obj, b: Taint) -> bool:

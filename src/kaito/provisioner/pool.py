@@ -18,10 +18,10 @@ from kaito.api.machine import (
     LABEL_WORKSPACE,
     Machine,
     Taint,
-    parse_quantity,
 )
 from kaito.presets.skus import get_sku
 from kaito.provisioner.azure import AgentPool, AgentPoolSpec
+from kaito.runtime.quantity import parse_quantity
 
 __all__ = [
     "AGENTPOOL_LABELS",

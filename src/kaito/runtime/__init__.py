@@ -14,6 +14,7 @@ from kaito.runtime import metrics
 from kaito.runtime._clock import Clock, FakeClock, RealClock
 from kaito.runtime.cache import Cache, index_by_label
 from kaito.runtime.client import Client, ClientConfig, PatchType
+from kaito.runtime.conditions import ConditionStatus, StatusDraft
 from kaito.runtime.controller import Controller
 from kaito.runtime.errors import (
     AlreadyExists,
@@ -33,6 +34,8 @@ from kaito.runtime.handler import (
 from kaito.runtime.informer import Informer
 from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
 from kaito.runtime.manager import CacheSyncTimeout, ControllerBuilder, Manager, ManagerOptions
+from kaito.runtime.meta import Obj
+from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import (
     AnnotationChanged,
     GenerationChanged,
@@ -43,6 +46,7 @@ from kaito.runtime.predicate import (
     not_,
     or_,
 )
+from kaito.runtime.quantity import parse_quantity, quantity_gib
 from kaito.runtime.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -52,6 +56,7 @@ from kaito.runtime.ratelimit import (
 )
 from kaito.runtime.reconcile import Request, Result, TerminalError
 from kaito.runtime.resource import Resource
+from kaito.runtime.timestamps import format_rfc3339, now_rfc3339, parse_rfc3339
 from kaito.runtime.workqueue import QueueShutDown, WorkQueue
 
 __all__ = [
@@ -64,6 +69,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "Clock",
+    "ConditionStatus",
     "Conflict",
     "Controller",
     "ControllerBuilder",
@@ -85,6 +91,7 @@ __all__ = [
     "ManagerOptions",
     "MaxOfRateLimiter",
     "NotFound",
+    "Obj",
     "PatchType",
     "Predicate",
     "QueueShutDown",
@@ -94,13 +101,20 @@ __all__ = [
     "Resource",
     "ResourceVersionChanged",
     "Result",
+    "StatusDraft",
     "TerminalError",
     "TooManyRequests",
     "WorkQueue",
     "and_",
     "default_controller_rate_limiter",
+    "format_rfc3339",
     "index_by_label",
     "metrics",
+    "node_ready",
     "not_",
+    "now_rfc3339",
     "or_",
+    "parse_quantity",
+    "parse_rfc3339",
+    "quantity_gib",
 ]

@@ -22,7 +22,6 @@ import enum
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
@@ -31,6 +30,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS
+from kaito.runtime.timestamps import format_rfc3339
 
 __all__ = ["EventRecorder", "EventType"]
 
@@ -229,7 +229,9 @@ class EventRecorder:
                 pending, seen.namespace, seen.name, seen.count, seen.first_timestamp, True
             )
         namespace = ref.get("namespace") or "default"  # cluster-scoped: "default", as client-go
-        write = _Write(pending, namespace, self._name(ref["name"]), 1, _time(pending.wall), False)
+        write = _Write(
+            pending, namespace, self._name(ref["name"]), 1, format_rfc3339(pending.wall), False
+        )
         self._written[key] = _Written(namespace, write.name, 1, write.first_timestamp, pending.mono)
         self._written.move_to_end(key)
         while len(self._written) > self._cache_size:
@@ -273,7 +275,7 @@ class EventRecorder:
     async def _send(self, write: _Write) -> None:
         pending = write.pending
         if write.patch:
-            patch = {"count": write.count, "lastTimestamp": _time(pending.wall)}
+            patch = {"count": write.count, "lastTimestamp": format_rfc3339(pending.wall)}
             try:
                 await self._client.patch(EVENTS, write.name, patch, write.namespace)
                 return
@@ -291,13 +293,8 @@ class EventRecorder:
             "reportingComponent": self.component,
             "reportingInstance": self.host or "",
             "firstTimestamp": write.first_timestamp,
-            "lastTimestamp": _time(pending.wall),
+            "lastTimestamp": format_rfc3339(pending.wall),
             "count": write.count,
         }
         with contextlib.suppress(AlreadyExists):  # a replay of a create that reached the server
             await self._client.create(EVENTS, body)
-
-
-def _time(epoch_seconds: float) -> str:
-    """A metav1.Time: RFC 3339 in UTC, whole seconds."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

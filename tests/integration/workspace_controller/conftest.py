@@ -28,7 +28,6 @@ import pytest
 from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
 from kaito.controllers.workspace.nodes.provisioning import Provisioning
-from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -45,6 +44,7 @@ from kaito.runtime.resource import (
     SERVICES,
     STATEFULSETS,
 )
+from kaito.runtime.timestamps import now_rfc3339
 from tests.integration.polling import poll_until
 from tests.integration.provisioner.conftest import (  # noqa: F401 - fixtures
     ArmTls,

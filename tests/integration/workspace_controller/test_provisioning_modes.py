@@ -16,10 +16,10 @@ from typing import Any
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.nodes.machines import machine_name
 from kaito.controllers.workspace.nodes.provisioning import NODECLAIMS, Mode, Provisioning
-from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
+from kaito.runtime.timestamps import now_rfc3339
 from tests.integration.polling import poll_until
 
 from .conftest import WsRig, condition, is_true, ready_node, register

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from kaito.api.workspace import ANNOTATION_REVISION, WORKSPACES, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.status.draft import now_rfc3339
 from kaito.runtime.client import Client
 from kaito.runtime.resource import (
     CONFIGMAPS,
@@ -26,6 +25,7 @@ from kaito.runtime.resource import (
     REPLICASETS,
     SERVICES,
 )
+from kaito.runtime.timestamps import now_rfc3339
 from tests.integration.polling import poll_until
 
 from .conftest import WsRig, condition, is_true, ready_node, register

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kaito.api.machine import Machine
-from kaito.provisioner.conditions import StatusDraft
+from kaito.provisioner.conditions import MachineStatusDraft as StatusDraft
 from kaito.provisioner.lifecycle import machine_state
 from kaito.provisioner.nodes import initialization_gaps, plan_registration
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from kaito.api import machine as api
-from kaito.api.machine import CRD_PATH, Machine, crd_yaml, parse_quantity
+from kaito.api.machine import CRD_PATH, Machine, crd_yaml
+from kaito.runtime.quantity import parse_quantity
 
 
 def test_committed_crd_is_what_the_model_generates() -> None:

@@ -17,10 +17,10 @@ from kaito.presets.catalog import (
     inference_command,
     load_catalog,
     parse_catalog,
-    parse_gib,
     select_runtime,
 )
 from kaito.presets.skus import GpuSku, get_sku
+from kaito.runtime.quantity import quantity_gib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "images" / "inference"))
 from kaito_inference.config import parse_settings
@@ -65,7 +65,7 @@ def test_catalog_carries_the_published_figures(
     assert preset.gpus == gpus
     assert preset.total_gpu_memory_gib == pytest.approx(total)
     assert preset.per_gpu_memory_gib == pytest.approx(per_gpu)
-    assert parse_gib(preset.disk) == disk
+    assert quantity_gib(preset.disk) == disk
     assert preset.tuning is tuning
     assert preset.hugging_face is not None and len(preset.hugging_face.revision) == 40
 
@@ -125,7 +125,7 @@ def test_a_bad_catalog_entry_fails_at_load_naming_the_entry() -> None:
     ("quantity", "gib"), [("9Gi", 9), ("16.5Gi", 16.5), ("0", 0), ("512Mi", 0.5), ("1Ti", 1024)]
 )
 def test_memory_quantities(quantity: str, gib: float) -> None:
-    assert parse_gib(quantity) == pytest.approx(gib)
+    assert quantity_gib(quantity) == pytest.approx(gib)
 
 
 # -- runtime selection ----------------------------------------------------------------

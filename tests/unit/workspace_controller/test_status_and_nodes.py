@@ -14,8 +14,8 @@ from kaito.controllers.workspace.nodes.selection import (
     qualifies,
 )
 from kaito.controllers.workspace.reconcile import revision_hash
-from kaito.controllers.workspace.status import draft as status_mod
-from kaito.controllers.workspace.status.draft import StatusDraft
+from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft as StatusDraft
+from kaito.runtime import conditions as status_mod
 
 Obj = dict[str, Any]
 

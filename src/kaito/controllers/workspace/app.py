@@ -38,6 +38,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
 from kaito.runtime.meta import Obj
 from kaito.runtime.metrics import REGISTRY
+from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import Funcs, ResourceVersionChanged
 from kaito.runtime.reconcile import Request
 from kaito.runtime.resource import (
@@ -78,7 +79,7 @@ def _node_view(node: Obj) -> tuple[Any, ...]:
     return (
         node["metadata"].get("labels"),
         node["metadata"].get("deletionTimestamp"),
-        nd.node_ready(node),
+        node_ready(node),
         nd.gpu_capacity(node),
     )
 

@@ -50,7 +50,7 @@ from kaito.api.workspace import (
 from kaito.controllers.workspace.nodes import machines as mach
 from kaito.controllers.workspace.nodes import selection as nd
 from kaito.controllers.workspace.nodes.provisioning import Provisioning
-from kaito.controllers.workspace.status.draft import StatusDraft
+from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
 from kaito.controllers.workspace.workload.sync import WorkloadCaches, WorkloadSync
 from kaito.presets.catalog import get_preset
 from kaito.presets.skus import get_sku
@@ -59,6 +59,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
 from kaito.runtime.events import EventRecorder, EventType
 from kaito.runtime.meta import Obj
+from kaito.runtime.nodes import node_ready
 from kaito.runtime.reconcile import Request, Result, TerminalError
 from kaito.runtime.resource import NODES, Resource
 
@@ -93,7 +94,7 @@ def machine_selector(namespace: str, name: str) -> str:
 class _Ctx:
     obj: Obj
     ws: Workspace
-    status: StatusDraft
+    status: WorkspaceStatusDraft
     log: Any
 
     @property
@@ -153,7 +154,7 @@ class WorkspaceReconciler:
         ctx = _Ctx(
             obj,
             ws,
-            StatusDraft(obj.get("status"), generation=ws.metadata.generation or None),
+            WorkspaceStatusDraft(obj.get("status"), generation=ws.metadata.generation or None),
             log.bind(workspace=req.key),
         )
         if ws.metadata.deletion_timestamp is not None:
@@ -247,7 +248,7 @@ class WorkspaceReconciler:
         candidates = [*existing]
         for node_name in summary.ready_nodes:
             node = self.nodes.get_by_name(node_name)
-            if node is not None and nd.node_ready(node):
+            if node is not None and node_ready(node):
                 candidates.append(node)
         with_gpu = [n for n in candidates if nd.gpu_capacity(n) > 0][:count]
         if len(with_gpu) >= count:

@@ -36,7 +36,7 @@ from kaito.dev.nodeagent.model import ANNOTATION_TEXT, StandInModel
 from kaito.dev.nodeagent.network import IPPool
 from kaito.dev.nodeagent.probe import probe_readiness
 from kaito.dev.nodeagent.process import STATE_ENV, ContainerProcess
-from kaito.dev.nodeagent.status import ContainerState, PodState, now, pod_status
+from kaito.dev.nodeagent.status import ContainerState, PodState, pod_status
 from kaito.dev.nodeagent.volumes import (
     MountMap,
     UnsupportedVolume,
@@ -51,6 +51,7 @@ from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.events import EventRecorder
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
+from kaito.runtime.timestamps import now_rfc3339
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
@@ -288,7 +289,7 @@ class PodWorker:
                 "reason": reason,
                 "message": message,
                 "lastProbeTime": None,
-                "lastTransitionTime": now(),
+                "lastTransitionTime": now_rfc3339(),
             }
         ]
         self.changed()

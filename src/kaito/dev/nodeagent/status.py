@@ -9,15 +9,11 @@ records into the ``status`` the agent writes through ``pods/status``: ``phase``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from kaito.runtime.meta import Obj
+from kaito.runtime.timestamps import now_rfc3339
 
 HOST_IP = "127.0.0.1"
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -46,7 +42,7 @@ class ContainerState:
             self.last_terminated = self.terminated
             self.terminated = None
         self.waiting_reason = self.waiting_message = None
-        self.started_at = now()
+        self.started_at = now_rfc3339()
         self.started = True
         self.ready = False
 
@@ -54,8 +50,8 @@ class ContainerState:
         term: Obj = {
             "exitCode": exit_code,
             "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": self.started_at or now(),
-            "finishedAt": now(),
+            "startedAt": self.started_at or now_rfc3339(),
+            "finishedAt": now_rfc3339(),
         }
         if message:
             term["message"] = message
@@ -109,7 +105,7 @@ class PodState:
     main: list[ContainerState] = field(default_factory=list)
     restart_policy: str = "Always"
     pod_ip: str | None = None
-    start_time: str = field(default_factory=now)
+    start_time: str = field(default_factory=now_rfc3339)
     initialized: bool = False
     failed_init: bool = False
     extra_conditions: list[Obj] = field(default_factory=list)
@@ -152,7 +148,7 @@ def _condition(state: PodState, type_: str, ok: bool, reason: str | None = None)
     status = "True" if ok else "False"
     prev = state.transitions.get(type_)
     if prev is None or prev[0] != status:
-        state.transitions[type_] = (status, now())
+        state.transitions[type_] = (status, now_rfc3339())
     cond: Obj = {
         "type": type_,
         "status": status,

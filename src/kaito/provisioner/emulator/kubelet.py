@@ -17,7 +17,6 @@ import structlog
 
 from kaito.provisioner.emulator.nodes import (
     build_node,
-    now_rfc3339,
     pressure_conditions,
     ready_condition,
 )
@@ -25,6 +24,7 @@ from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES
+from kaito.runtime.timestamps import now_rfc3339
 
 __all__ = ["SimulatedKubelets"]
 

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
 
 from kaito.presets.skus import get_sku
 from kaito.runtime.meta import Obj
+from kaito.runtime.timestamps import now_rfc3339
 
 KUBELET_VERSION = "v1.29.7"
 NODE_IMAGE = "AKSUbuntu-2204gen2containerd-202407.29.0"
 _CPU_SIZE = re.compile(r"^Standard_[A-Za-z]+(\d+)", re.IGNORECASE)
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def vmss_name(cluster: str, pool: str) -> str:

@@ -49,11 +49,11 @@ from kaito.provisioner.emulator.faults import (
 from kaito.provisioner.emulator.kubelet import SimulatedKubelets
 from kaito.provisioner.emulator.nodes import (
     node_name,
-    now_rfc3339,
 )
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
+from kaito.runtime.timestamps import now_rfc3339
 
 __all__ = ["AKSEmulator", "EmulatorConfig", "RecordedRequest"]
 

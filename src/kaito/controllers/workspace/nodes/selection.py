@@ -12,10 +12,12 @@ from __future__ import annotations
 import decimal
 from collections.abc import Iterable
 
-from kaito.api.machine import LABEL_INSTANCE_TYPE, parse_quantity
+from kaito.api.machine import LABEL_INSTANCE_TYPE
 from kaito.api.workspace import Workspace
 from kaito.runtime.labels import selector_from_label_selector
 from kaito.runtime.meta import Obj
+from kaito.runtime.nodes import node_ready
+from kaito.runtime.quantity import parse_quantity
 
 __all__ = [
     "ACCELERATOR_NVIDIA",
@@ -23,7 +25,6 @@ __all__ = [
     "LABEL_ACCELERATOR",
     "gpu_capacity",
     "needs_accelerator_label",
-    "node_ready",
     "ordered_candidates",
     "qualifies",
 ]
@@ -32,13 +33,6 @@ __all__ = [
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_ACCELERATOR = "accelerator"
 ACCELERATOR_NVIDIA = "nvidia"
-
-
-def node_ready(node: Obj) -> bool:
-    for cond in node.get("status", {}).get("conditions") or ():
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
 
 
 def gpu_capacity(node: Obj) -> int:

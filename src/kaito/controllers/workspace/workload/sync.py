@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
-from kaito.controllers.workspace.status.draft import StatusDraft
+from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
 from kaito.controllers.workspace.status.readiness import Verdict, inference_verdict, job_verdicts
 from kaito.controllers.workspace.tuning.job import tuning_job
 from kaito.controllers.workspace.workload import podspec
@@ -120,7 +120,13 @@ class WorkloadSync:
     # -- inference ---------------------------------------------------------------------------
 
     async def inference(
-        self, ws: Workspace, obj: Obj, status: StatusDraft, *, revision: str, resources_ready: bool
+        self,
+        ws: Workspace,
+        obj: Obj,
+        status: WorkspaceStatusDraft,
+        *,
+        revision: str,
+        resources_ready: bool,
     ) -> None:
         workload: Obj | None = None
         kind = "Deployment"
@@ -159,7 +165,13 @@ class WorkloadSync:
     # -- tuning ------------------------------------------------------------------------------
 
     async def tuning(
-        self, ws: Workspace, obj: Obj, status: StatusDraft, *, revision: str, resources_ready: bool
+        self,
+        ws: Workspace,
+        obj: Obj,
+        status: WorkspaceStatusDraft,
+        *,
+        revision: str,
+        resources_ready: bool,
     ) -> None:
         job = self.caches.jobs.get_by_name(ws.metadata.name, ws.metadata.namespace)
         if resources_ready:
@@ -224,7 +236,7 @@ _TRANSIENT = frozenset(
 )
 
 
-def _workspace_ready(status: StatusDraft) -> None:
+def _workspace_ready(status: WorkspaceStatusDraft) -> None:
     """``WorkspaceReady`` (and ``WorkspaceSucceeded``) = ResourceReady and InferenceReady."""
     for type_ in (RESOURCE_READY, INFERENCE_READY):
         cond = status.get(type_)
