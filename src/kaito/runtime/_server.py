@@ -1,7 +1,8 @@
-"""The manager's two small HTTP servers: ``/metrics``, and ``/healthz`` + ``/readyz``.
+"""The manager's two small HTTP applications: ``/metrics``, and ``/healthz`` + ``/readyz``.
 
-Kept apart (two ports, as controller-runtime does) so a NetworkPolicy can open metrics
-to Prometheus without opening probes, and so probes stay cheap under scrape load.
+Each is served by its own `kaito.runtime.httpserver.HttpServer`: two ports, as
+controller-runtime does, so a NetworkPolicy can open metrics to Prometheus without
+opening probes, and so probes stay cheap under scrape load.
 """
 
 from __future__ import annotations
@@ -13,35 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 Check = Callable[[], str | None]
 """A health check: returns None when healthy, else the reason it is not."""
-
-
-def parse_bind(address: str) -> tuple[str, int] | None:
-    """``":8080"`` -> ("0.0.0.0", 8080); ``"127.0.0.1:0"`` -> any free port; ``"0"`` -> disabled."""
-    if address in ("0", ""):
-        return None
-    host, _, port = address.rpartition(":")
-    return (host or "0.0.0.0", int(port))
-
-
-class HttpServer:
-    def __init__(self, app: web.Application, bind: tuple[str, int]) -> None:
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=5.0
-        )
-        self._bind = bind
-        self.port: int | None = None
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._bind[0], self._bind[1], reuse_address=True)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._bind[1]
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
 
 def metrics_app(registry: CollectorRegistry) -> web.Application:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import structlog
 
 from kaito.runtime import metrics
-from kaito.runtime._server import Check, HttpServer, metrics_app, parse_bind, probes_app
+from kaito.runtime._server import Check, metrics_app, probes_app
 from kaito.runtime.cache import IndexFunc
 from kaito.runtime.client import Client
 from kaito.runtime.controller import Controller, Reconciler
@@ -39,6 +39,7 @@ from kaito.runtime.handler import (
     EnqueueRequestsFromMapFunc,
     MapFunc,
 )
+from kaito.runtime.httpserver import HttpServer, parse_bind
 from kaito.runtime.informer import Informer
 from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
 from kaito.runtime.predicate import Predicate
@@ -233,11 +234,15 @@ class Manager:
     async def _start_servers(self) -> None:
         mb = parse_bind(self.options.metrics_bind_address)
         if mb is not None:
-            self.metrics_server = HttpServer(metrics_app(metrics.REGISTRY), mb)
+            self.metrics_server = HttpServer(
+                metrics_app(metrics.REGISTRY), host=mb[0], port=mb[1], name="metrics"
+            )
             await self.metrics_server.start()
         pb = parse_bind(self.options.health_probe_bind_address)
         if pb is not None:
-            self.probe_server = HttpServer(probes_app(self._healthz, self._readyz), pb)
+            self.probe_server = HttpServer(
+                probes_app(self._healthz, self._readyz), host=pb[0], port=pb[1], name="probes"
+            )
             await self.probe_server.start()
 
     async def _stop_servers(self) -> None:

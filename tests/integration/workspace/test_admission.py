@@ -19,13 +19,11 @@ import yaml
 from prometheus_client import generate_latest
 
 from kaito.api.workspace import WORKSPACES, WORKSPACES_V1ALPHA1
-from kaito.controllers.workspace.admission.certs import load_or_create_certificate
 from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
     WebhookOptions,
     WebhookServer,
-    register,
     run_with_manager,
 )
 from kaito.runtime import metrics
@@ -33,6 +31,7 @@ from kaito.runtime.client import Client, PatchType
 from kaito.runtime.errors import Invalid
 from kaito.runtime.manager import Manager, ManagerOptions
 from kaito.runtime.resource import CONFIGMAPS, SECRETS
+from kaito.runtime.webhook import load_or_create_certificate, register
 from tests.unit.workspace.specs import (
     DELETE,
     QUICK_START,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kaito.api import workspace as api
-from kaito.controllers.workspace.admission import webhook
+from kaito.controllers.workspace.admission import cli, manifests, webhook
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_crd_is_current() -> None:
@@ -16,9 +19,20 @@ def test_committed_crd_is_current() -> None:
 
 
 def test_committed_webhook_manifests_are_current() -> None:
-    assert webhook.main(["manifests", "--check"]) == 0, (
-        "run `python -m kaito.controllers.workspace.admission.webhook manifests`"
+    assert cli.main(["manifests", "--check", "--repo-root", str(REPO)]) == 0, (
+        "run `python -m kaito.controllers.workspace.admission manifests`"
     )
+    assert (REPO / manifests.MANIFEST_PATH).read_text() == manifests.manifests_yaml()
+
+
+def test_webhook_manifests_check_finds_a_stale_file_where_it_is_told(tmp_path: Path) -> None:
+    """The generator writes where it is pointed (a repo root or a file), not beside itself."""
+    assert cli.main(["manifests", "--check", "--repo-root", str(tmp_path)]) == 1
+    assert cli.main(["manifests", "--repo-root", str(tmp_path)]) == 0
+    assert cli.main(["manifests", "--check", "--repo-root", str(tmp_path)]) == 0
+    out = tmp_path / "elsewhere.yaml"
+    assert cli.main(["manifests", "--out", str(out)]) == 0
+    assert out.read_text() == manifests.manifests_yaml()
 
 
 def test_crd_serves_both_versions_with_one_schema_and_one_storage() -> None:
@@ -117,7 +131,7 @@ def test_free_form_fields_keep_unknown_fields() -> None:
 
 
 def test_webhook_manifest_registers_create_and_update_of_both_versions() -> None:
-    docs = list(yaml.safe_load_all(webhook.manifests_yaml()))
+    docs = list(yaml.safe_load_all(manifests.manifests_yaml()))
     service, config = docs
     assert service["kind"] == "Service"
     assert service["spec"]["ports"][0]["port"] == 443

@@ -2,7 +2,7 @@
 
 The Deployment's entrypoint. The cluster comes from in-cluster config or
 ``--kubeconfig``; the webhook (``--webhook-*`` flags,
-`kaito.controllers.workspace.admission.webhook`) serves beside the manager on every
+`kaito.controllers.workspace.admission.cli`) serves beside the manager on every
 replica, while the reconciler runs only on the leader when ``--leader-elect`` is on.
 SIGTERM/SIGINT stop it gracefully; a lost Lease exits 1 so that Kubernetes restarts the
 pod as a follower.
@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from kaito.controllers.workspace.admission import webhook
+from kaito.controllers.workspace.admission import cli as webhook_cli
 from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
 from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
 
@@ -41,7 +41,7 @@ def add_commands(sub: Any) -> None:
         help="how missing GPU nodes are made: machine (KAITO's gpu-provisioner, default), "
         "nodeclaim (Karpenter v1 NodeClaims) or byo (never: bring your own nodes)",
     )
-    webhook.add_arguments(p)
+    webhook_cli.add_arguments(p)
     p.set_defaults(func=cmd_workspace_controller)
 
 
@@ -69,5 +69,5 @@ async def _run(args: argparse.Namespace) -> int:
             node_provisioning_mode=args.node_provisioning_mode,
             webhook=not args.no_webhook,
         )
-        hook = None if args.no_webhook else webhook.options_from_args(args)
+        hook = None if args.no_webhook else webhook_cli.options_from_args(args)
         return await run_until_stopped(lambda: ctrl.run(webhook=hook), ctrl.stop)

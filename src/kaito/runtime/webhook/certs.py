@@ -1,8 +1,10 @@
-"""The webhook's TLS material: a CA of its own and the serving certificate it signs.
+"""A webhook's TLS material: a CA of its own and the serving certificate it signs.
 
-The apiserver trusts exactly the CA bundle in the ValidatingWebhookConfiguration, so the
-webhook needs no cluster CA: it makes its own. With several replicas the material lives
-in one Secret, because every replica must present a certificate from the *same* CA.
+The apiserver trusts exactly the CA bundle in the webhook's configuration, so a webhook
+needs no cluster CA: it can make its own. With several replicas the material lives in
+one Secret, because every replica must present a certificate from the *same* CA.
+The server reads the pair from files (`ServingCertificate.write`, then `server.py`'s
+certificate directory), as it would from a mounted Secret.
 
 Certificates are valid for ten years and are regenerated at start-up when they expire
 within 30 days or do not name the hosts asked for; rotation while running would need
@@ -17,6 +19,7 @@ import ipaddress
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,7 +30,7 @@ from kaito.runtime.errors import AlreadyExists, Conflict, NotFound
 from kaito.runtime.pki import CertificateAuthority, server_ssl_context
 from kaito.runtime.resource import SECRETS
 
-log = structlog.get_logger("kaito.controllers.workspace.admission.certs")
+log = structlog.get_logger("kaito.runtime.webhook.certs")
 
 CERT_VALIDITY = dt.timedelta(days=3650)
 CERT_RENEW_BEFORE = dt.timedelta(days=30)
@@ -62,6 +65,25 @@ class ServingCertificate:
     def ssl_context(self) -> ssl.SSLContext:
         return server_ssl_context(self.cert_pem, self.key_pem)
 
+    def write(
+        self, directory: Path, *, cert_name: str = "tls.crt", key_name: str = "tls.key"
+    ) -> None:
+        """Write the pair (and ``ca.crt``) into ``directory``, the key readable by us only.
+
+        Each file is replaced by a rename, so a `CertWatcher` never reads half a file.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data, mode in (
+            ("ca.crt", self.ca_pem, 0o644),
+            (cert_name, self.cert_pem, 0o644),
+            (key_name, self.key_pem, 0o600),
+        ):
+            tmp = directory / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.touch(mode=mode)
+            tmp.write_bytes(data)
+            tmp.replace(directory / name)
+
 
 def _host_key(host: str) -> str:
     try:
@@ -70,9 +92,12 @@ def _host_key(host: str) -> str:
         return host
 
 
-def generate_certificate(hosts: Sequence[str]) -> ServingCertificate:
-    """A new CA (EC P-256) and a serving certificate for ``hosts`` (DNS names or IPs)."""
-    ca = CertificateAuthority.create("kaito-workspace-webhook-ca", validity=CERT_VALIDITY)
+def generate_certificate(
+    hosts: Sequence[str], *, ca_name: str = "kaito-webhook-ca"
+) -> ServingCertificate:
+    """A new CA (EC P-256) named ``ca_name`` and a serving certificate for ``hosts``
+    (DNS names or IPs; the first is the common name)."""
+    ca = CertificateAuthority.create(ca_name, validity=CERT_VALIDITY)
     cert_pem, key_pem = ca.issue_serving(hosts[0], hosts, validity=CERT_VALIDITY)
     return ServingCertificate(ca_pem=ca.cert_pem, cert_pem=cert_pem, key_pem=key_pem)
 
@@ -104,6 +129,7 @@ async def load_or_create_certificate(
     secret_name: str,
     hosts: Sequence[str],
     labels: Mapping[str, str] | None = None,
+    ca_name: str = "kaito-webhook-ca",
 ) -> ServingCertificate:
     """The certificate in Secret ``namespace/secret_name``, created or renewed if needed.
 
@@ -114,7 +140,7 @@ async def load_or_create_certificate(
         try:
             secret = await client.get(SECRETS, secret_name, namespace)
         except NotFound:
-            cert = generate_certificate(hosts)
+            cert = generate_certificate(hosts, ca_name=ca_name)
             body = {
                 "metadata": {
                     "name": secret_name,
@@ -133,7 +159,7 @@ async def load_or_create_certificate(
         cert_or_none = _from_secret(secret)
         if cert_or_none is not None and cert_or_none.usable_for(hosts):
             return cert_or_none
-        cert = generate_certificate(hosts)
+        cert = generate_certificate(hosts, ca_name=ca_name)
         secret["data"] = _secret_data(cert)
         try:
             await client.update(SECRETS, secret)
