@@ -114,7 +114,8 @@ def cmd_aks_emulator(args: argparse.Namespace) -> int:
 
 async def _run_emulator(args: argparse.Namespace) -> int:
     from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
-    from kaito.provisioner.emulator.tls import server_context, write_self_signed
+    from kaito.provisioner.emulator.tls import write_self_signed
+    from kaito.runtime.certwatcher import CertWatcher
     from kaito.runtime.client import Client, ClientConfig
 
     directory: Path = args.dir.resolve()
@@ -132,7 +133,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
     )
     async with Client(await ClientConfig.load(args.kubeconfig)) as kube:
         emulator = AKSEmulator(
-            kube, config, host=args.host, port=args.port, ssl_context=server_context(cert, key)
+            kube, config, host=args.host, port=args.port, tls=CertWatcher(cert, key)
         )
         await emulator.start()
         env = {

@@ -126,7 +126,7 @@ async def emulator(client: Client, arm_tls: ArmTls) -> AsyncIterator[AKSEmulator
         delete_latency=0.1,
         heartbeat_interval=0,
     )
-    emu = AKSEmulator(client, cfg, ssl_context=arm_tls.server_context)
+    emu = AKSEmulator(client, cfg, tls=arm_tls.server_context)
     await emu.start()
     try:
         yield emu

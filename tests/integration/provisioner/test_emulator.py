@@ -32,7 +32,7 @@ async def slow_nodes(client: Client, arm_tls: ArmTls) -> AsyncIterator[AKSEmulat
         node_ready_delay=0.5,
         heartbeat_interval=0.5,
     )
-    async with AKSEmulator(client, cfg, ssl_context=arm_tls.server_context) as emu:
+    async with AKSEmulator(client, cfg, tls=arm_tls.server_context) as emu:
         yield emu
         assert not emu.pools
         assert await emulator_nodes(client, emu) == []

@@ -71,7 +71,7 @@ async def emulator(
         delete_latency=0.1,
         heartbeat_interval=0,
     )
-    emu = AKSEmulator(client, cfg, ssl_context=arm_tls.server_context)
+    emu = AKSEmulator(client, cfg, tls=arm_tls.server_context)
     await emu.start()
     try:
         yield emu

@@ -3,15 +3,15 @@
 The SDK sends bearer tokens over HTTPS only, so the emulator always serves TLS. Tests
 and the dev cluster give it a certificate from their own CA; run alone, it makes a CA
 of its own (``ca.crt``, the bundle clients verify against: ``ARM_CA_BUNDLE``) and a
-serving certificate from it.
+serving certificate from it. The emulator serves the files through a `CertWatcher`, so
+replacing them changes the certificate without a restart.
 """
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
-from kaito.runtime.pki import CertificateAuthority, server_ssl_context
+from kaito.runtime.pki import CertificateAuthority
 
 
 def write_self_signed(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
@@ -24,7 +24,3 @@ def write_self_signed(directory: Path, hosts: list[str]) -> tuple[Path, Path, Pa
     key.touch(mode=0o600)
     key.write_bytes(key_pem)
     return ca_crt, crt, key
-
-
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    return server_ssl_context(cert_file.read_bytes(), key_file.read_bytes())

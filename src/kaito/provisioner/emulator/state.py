@@ -1,0 +1,215 @@
+"""One managed cluster's agent pools and the long-running operations that change them.
+
+AKS answers a PUT or DELETE at once and finishes the work later: the answer names an
+operation, and the pool's ``provisioningState`` and the operation's ``status`` move on
+their own (``Creating`` -> ``Succeeded``/``Failed``, ``InProgress`` -> a final status).
+Here each operation is one task that sleeps the configured latency, registers or removes
+the pool's Nodes (`kubelet.py`) and finishes the operation. The ARM surface (`arm.py`)
+only reads this state and starts operations; it never finishes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from kaito.provisioner.emulator.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
+from kaito.provisioner.emulator.kubelet import SimulatedKubelets
+from kaito.provisioner.emulator.nodes import node_name
+from kaito.runtime.errors import ApiError
+from kaito.runtime.meta import Obj
+from kaito.runtime.timestamps import now_rfc3339
+
+__all__ = ["AgentPools", "EmulatorConfig", "Operation", "Pool", "RecordedRequest"]
+
+log = structlog.get_logger("kaito.provisioner.emulator")
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+@dataclass
+class EmulatorConfig:
+    subscription_id: str = "00000000-0000-0000-0000-000000000000"
+    resource_group: str = "kaito-rg"
+    cluster_name: str = "kaito-aks"
+    location: str = "eastus"
+    create_latency: float = 0.5
+    """Seconds from PUT to the pool's operation succeeding (AKS: minutes). Default 0.5."""
+    delete_latency: float = 0.2
+    """Seconds from DELETE to the pool being gone. Default 0.2."""
+    node_ready_delay: float = 0.0
+    """Nodes register NotReady and turn Ready this many seconds later; 0 (default): Ready."""
+    heartbeat_interval: float = 30.0
+    """How often Ready heartbeats are refreshed; 0 disables. Default 30 s."""
+    lro_retry_after: int | None = None
+    """A Retry-After header on LRO answers; default None (the client's polling_interval)."""
+    list_page_size: int = 100
+    accept_token: Callable[[str], bool] | None = None
+    """Which bearer tokens are valid; default any non-empty token."""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    op: Op
+    pool: str | None
+    status: int
+
+
+@dataclass
+class Operation:
+    """An ARM long-running operation, as its ``Azure-AsyncOperation`` URL reports it."""
+
+    id: str
+    kind: str  # "create" | "delete"
+    pool: str
+    status: str = "InProgress"
+    error: Obj | None = None
+    start: str = field(default_factory=now_rfc3339)
+    end: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "InProgress"
+
+    def finish(self, status: str, error: Obj | None = None) -> None:
+        self.status, self.error, self.end = status, error, now_rfc3339()
+
+    def body(self) -> Obj:
+        out: Obj = {"id": self.id, "name": self.id, "status": self.status, "startTime": self.start}
+        if self.end:
+            out["endTime"] = self.end
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Pool:
+    name: str
+    properties: Obj
+    op: Operation | None = None
+    task: asyncio.Task[None] | None = None
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return str(self.properties["provisioningState"])
+
+    @property
+    def busy(self) -> bool:
+        """An operation on the pool is still running."""
+        return self.op is not None and not self.op.done
+
+
+class AgentPools:
+    """The pools by name and every operation by id; starts and finishes operations.
+
+    Args:
+        config: latencies and the cluster's names.
+        kubelets: registers and removes the pools' Nodes; None: no Nodes (ARM only).
+        spawn: runs an operation's task; its owner cancels them all on stop.
+    """
+
+    def __init__(
+        self, config: EmulatorConfig, kubelets: SimulatedKubelets | None, spawn: Spawn
+    ) -> None:
+        self.config, self.kubelets, self._spawn = config, kubelets, spawn
+        self.pools: dict[str, Pool] = {}
+        self.operations: dict[str, Operation] = {}
+
+    def idle(self) -> bool:
+        return not any(p.busy for p in self.pools.values())
+
+    def node_names(self) -> list[str]:
+        return [n for p in self.pools.values() for n in p.nodes]
+
+    def begin_create(self, name: str, props: Obj, *, failure: Fault | None) -> Pool:
+        """A new pool, ``Creating``; ``failure`` (a late fault) decides how it ends."""
+        op = self._new_operation("create", name)
+        properties = {
+            "count": 1,
+            "osType": "Linux",
+            "osSKU": "Ubuntu",
+            "type": "VirtualMachineScaleSets",
+            "mode": "User",
+            **props,
+            "provisioningState": "Creating",
+            "powerState": {"code": "Running"},
+            "orchestratorVersion": "1.29.7",
+            "currentOrchestratorVersion": "1.29.7",
+            "nodeImageVersion": "AKSUbuntu-2204gen2containerd-202407.29.0",
+        }
+        pool = Pool(name=name, properties=properties, op=op)
+        self.pools[name] = pool
+        pool.task = self._spawn(self._create(pool, op, failure), f"create {name}")
+        log.info("agent pool creating", pool=name, vm_size=props.get("vmSize"), operation=op.id)
+        return pool
+
+    def begin_delete(self, pool: Pool) -> Operation:
+        """``Deleting``; a create still running is cancelled first, as AKS does."""
+        if pool.busy and pool.task is not None and pool.op is not None:
+            pool.task.cancel()
+            pool.op.finish(
+                "Canceled",
+                {"code": "OperationCanceled", "message": "The operation was canceled by a delete."},
+            )
+        op = self._new_operation("delete", pool.name)
+        pool.op = op
+        pool.properties["provisioningState"] = "Deleting"
+        pool.task = self._spawn(self._delete(pool, op), f"delete {pool.name}")
+        log.info("agent pool deleting", pool=pool.name, operation=op.id)
+        return op
+
+    def _new_operation(self, kind: str, pool: str) -> Operation:
+        op = Operation(id=str(uuid.uuid4()), kind=kind, pool=pool)
+        self.operations[op.id] = op
+        return op
+
+    async def _create(self, pool: Pool, op: Operation, failure: Fault | None) -> None:
+        await asyncio.sleep(self.config.create_latency)
+        if failure is not None and failure.kind is FaultKind.NODE_NEVER_JOINS:
+            pool.properties["provisioningState"] = "Succeeded"
+            op.finish("Succeeded")
+            log.info("agent pool created; its node will never join", pool=pool.name)
+            return
+        if failure is not None:
+            error = {
+                "code": failure.code or "AllocationFailed",
+                "message": failure.message or ALLOCATION_FAILED,
+            }
+            pool.properties["provisioningState"] = "Failed"
+            op.finish("Failed", error)
+            log.info("agent pool failed", pool=pool.name, code=error["code"])
+            return
+        try:
+            if self.kubelets is not None:
+                pool.nodes = await self.kubelets.register(
+                    pool.name, pool.properties, ready_delay=self.config.node_ready_delay
+                )
+        except (ApiError, OSError) as e:
+            pool.properties["provisioningState"] = "Failed"
+            op.finish("Failed", {"code": "NodeRegistrationFailed", "message": str(e)})
+            log.warning("node registration failed", pool=pool.name, error=str(e))
+            return
+        pool.properties["provisioningState"] = "Succeeded"
+        op.finish("Succeeded")
+        log.info("agent pool created", pool=pool.name, nodes=pool.nodes)
+
+    async def _delete(self, pool: Pool, op: Operation) -> None:
+        await asyncio.sleep(self.config.delete_latency)
+        if self.kubelets is not None:
+            count = int(pool.properties.get("count", 1))
+            names = pool.nodes or [
+                node_name(self.config.cluster_name, pool.name, i) for i in range(count)
+            ]
+            await self.kubelets.remove(names)
+            pool.nodes = []
+        self.pools.pop(pool.name, None)
+        op.finish("Succeeded")
+        log.info("agent pool deleted", pool=pool.name)
