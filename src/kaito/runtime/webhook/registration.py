@@ -4,7 +4,9 @@ A webhook that makes its own CA must tell the apiserver which CA to trust, so at
 it creates its configuration or updates the one applied from a manifest (which has no
 ``caBundle``) with the bundle and where to call it: a Service in a cluster, a URL for an
 apiserver outside one. Only ``webhooks`` is compared and written, so labels and
-annotations others put on the object stay.
+annotations others put on the object stay. The comparison ignores what the apiserver
+defaults (``namespaceSelector``, ``objectSelector``, a rule's ``scope``...): a
+configuration that already says what we want is not written again.
 
 Register *after* the server listens: with ``failurePolicy: Fail`` a configuration that
 points at a closed port blocks every write it matches.
@@ -13,6 +15,7 @@ points at a closed port blocks every write it matches.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import structlog
 
@@ -60,6 +63,21 @@ def client_config(
     return config
 
 
+def _covers(current: Any, desired: Any) -> bool:
+    """``current`` says everything ``desired`` says (dict keys it lacks are defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(
+            _covers(current.get(k), v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(desired)
+            and all(_covers(c, d) for c, d in zip(current, desired, strict=True))
+        )
+    return bool(current == desired)
+
+
 async def register(
     client: Client,
     desired: Obj,
@@ -83,7 +101,7 @@ async def register(
                 continue
             log.info("webhook configuration created", kind=resource.kind, name=name)
             return
-        if current.get("webhooks") == desired["webhooks"]:
+        if _covers(current.get("webhooks"), desired["webhooks"]):
             return
         current["webhooks"] = desired["webhooks"]
         try:
