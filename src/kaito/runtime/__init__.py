@@ -8,10 +8,11 @@
 
 It imports nothing from the rest of ``kaito`` (an import-linter contract), so both
 controllers can stand on it without standing on each other. Design: RUNTIME.md.
+Test doubles (`FakeClock`) live in ``kaito.runtime.testing``, outside the public names.
 """
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import Clock, FakeClock, RealClock
+from kaito.runtime._clock import Clock, RealClock
 from kaito.runtime.cache import Cache, index_by_label
 from kaito.runtime.client import Client, ClientConfig, PatchType
 from kaito.runtime.conditions import ConditionStatus, StatusDraft
@@ -52,6 +53,7 @@ from kaito.runtime.ratelimit import (
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
     RateLimiter,
+    TokenBucket,
     default_controller_rate_limiter,
 )
 from kaito.runtime.reconcile import Request, Result, TerminalError
@@ -78,7 +80,6 @@ __all__ = [
     "EnqueueRequestsFromMapFunc",
     "EventRecorder",
     "EventType",
-    "FakeClock",
     "GenerationChanged",
     "Gone",
     "Informer",
@@ -103,6 +104,7 @@ __all__ = [
     "Result",
     "StatusDraft",
     "TerminalError",
+    "TokenBucket",
     "TooManyRequests",
     "WorkQueue",
     "and_",

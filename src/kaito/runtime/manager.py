@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -73,7 +73,6 @@ class ManagerOptions:
     retry_period: float = 2.0
     component: str = "kaito"
     """The event source component and the default leader identity prefix."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Manager:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.controller import Controller
 from kaito.runtime.reconcile import Request, Result, TerminalError
+from kaito.runtime.testing import FakeClock
 
 REQ = Request("ns", "obj")
 

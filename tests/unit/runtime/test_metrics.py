@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.metrics import (
     QUEUE_METRICS,
     REGISTRY,
@@ -18,6 +17,7 @@ from kaito.runtime.metrics import (
     init_controller_metrics,
 )
 from kaito.runtime.ratelimit import ItemExponentialFailureRateLimiter
+from kaito.runtime.testing import FakeClock
 from kaito.runtime.workqueue import WorkQueue
 
 _names = itertools.count()

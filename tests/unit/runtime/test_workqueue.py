@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.ratelimit import ItemExponentialFailureRateLimiter
+from kaito.runtime.testing import FakeClock
 from kaito.runtime.workqueue import QueueShutDown, WorkQueue
 
 
