@@ -13,6 +13,7 @@ Test doubles (`FakeClock`) live in ``kaito.runtime.testing``, outside the public
 
 from kaito.runtime import metrics
 from kaito.runtime._clock import Clock, RealClock
+from kaito.runtime.aio import Interrupted, run_unless
 from kaito.runtime.cache import Cache, index_by_label
 from kaito.runtime.client import Client, ClientConfig, PatchType
 from kaito.runtime.conditions import ConditionStatus, StatusDraft
@@ -83,6 +84,7 @@ __all__ = [
     "GenerationChanged",
     "Gone",
     "Informer",
+    "Interrupted",
     "Invalid",
     "ItemExponentialFailureRateLimiter",
     "LabelChanged",
@@ -119,4 +121,5 @@ __all__ = [
     "parse_quantity",
     "parse_rfc3339",
     "quantity_gib",
+    "run_unless",
 ]
