@@ -14,6 +14,7 @@ Test doubles (`FakeClock`) live in ``kaito.runtime.testing``, outside the public
 from kaito.runtime import metrics
 from kaito.runtime._clock import Clock, RealClock
 from kaito.runtime.aio import Interrupted, run_unless
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.cache import Cache, index_by_label
 from kaito.runtime.client import Client, ClientConfig, PatchType
 from kaito.runtime.conditions import ConditionStatus, StatusDraft
@@ -66,6 +67,7 @@ __all__ = [
     "AlreadyExists",
     "AnnotationChanged",
     "ApiError",
+    "Backoff",
     "BucketRateLimiter",
     "Cache",
     "CacheSyncTimeout",
