@@ -132,6 +132,7 @@ class Client:
 
     def __init__(self, config: ClientConfig, *, pool_size: int = 100) -> None:
         self.config = config
+        metrics.register_runtime_metrics()
         self._host = urllib.parse.urlsplit(config.server).netloc
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None

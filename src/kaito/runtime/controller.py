@@ -119,6 +119,7 @@ class Controller:
         self.informers: list[Informer] = []
         self._started = False
         self._stopping = False
+        metrics.register_runtime_metrics()
         metrics.init_controller_metrics(name, max_concurrent_reconciles=max_concurrent_reconciles)
         # Bind label children once: the hot path then costs one inc() each.
         total = metrics.RECONCILE_TOTAL

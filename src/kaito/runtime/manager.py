@@ -78,6 +78,7 @@ class Manager:
     def __init__(self, client: Client, options: ManagerOptions | None = None, **kw: Any) -> None:
         self.client = client
         self.options = options or ManagerOptions(**kw)
+        metrics.register_runtime_metrics()
         self._informers: dict[tuple[Resource, str | None, str | None], Informer] = {}
         self.controllers: list[Controller] = []
         self.recorder = EventRecorder(client, component=self.options.component)
