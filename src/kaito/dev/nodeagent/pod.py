@@ -53,7 +53,6 @@ from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.events import EventRecorder
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
-from kaito.runtime.timestamps import now_rfc3339
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
@@ -282,18 +281,7 @@ class PodWorker:
             return volumes
 
     def _set_condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
-        self.state.extra_conditions = [
-            c for c in self.state.extra_conditions if c["type"] != type_
-        ] + [
-            {
-                "type": type_,
-                "status": "True" if ok else "False",
-                "reason": reason,
-                "message": message,
-                "lastProbeTime": None,
-                "lastTransitionTime": now_rfc3339(),
-            }
-        ]
+        self.state.conditions.set_bool(type_, ok, reason, message)
         self.changed()
 
     def _workdir(self, spec: Obj, mounts: MountMap) -> Path:
