@@ -28,7 +28,7 @@ from kaito.provisioner.lifecycle import (
     MachineLifecycle,
     machine_state,
 )
-from kaito.provisioner.metrics import STATE_COLLECTOR
+from kaito.provisioner.metrics import STATE_COLLECTOR, register_metrics
 from kaito.provisioner.pool import agentpool_of
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
@@ -105,6 +105,7 @@ class Provisioner:
     ) -> None:
         self.config = config
         self.api = api
+        register_metrics()
         self.manager = Manager(
             client, manager_options or ManagerOptions(component="gpu-provisioner")
         )

@@ -48,6 +48,7 @@ from kaito.provisioner.conditions import MachineStatusDraft
 from kaito.provisioner.config import ProvisionerConfig
 from kaito.provisioner.nodes import initialization_gaps, initialized_change, plan_registration
 from kaito.provisioner.pool import NAME_PATTERN, pool_spec, validate
+from kaito.runtime.aio import Interrupted, run_unless
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import Conflict, NotFound
@@ -295,17 +296,9 @@ class MachineLifecycle:
         event = self.deletions.watch(name)
         try:
             async with asyncio.timeout(self.config.lro_wait):
-                task = asyncio.ensure_future(work)
-                gone = asyncio.ensure_future(event.wait())
-                try:
-                    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (task, gone):
-                        t.cancel()
-                    await asyncio.gather(task, gone, return_exceptions=True)
-                if task.done() and not task.cancelled():
-                    return task.result()
-                raise _Deleted
+                return await run_unless(event, work)
+        except Interrupted:
+            raise _Deleted from None
         finally:
             self.deletions.unwatch(name)
 

@@ -7,6 +7,9 @@
 - ``gpu_provisioner_registration_duration_seconds``: MachineLaunched -> MachineRegistered.
 - ``gpu_provisioner_azure_requests_total{operation,code}``: every HTTP attempt to ARM
   (retries included), by operation (create, get, list, delete, poll) and status code.
+
+Created unregistered at import; `register_metrics` puts them in the runtime's registry once,
+when a provisioner (or anything else recording them) is built.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from kaito.runtime.metrics import REGISTRY
+from kaito.runtime.metrics import REGISTRY, register_once
 
 __all__ = [
     "AZURE_REQUESTS",
@@ -27,6 +30,7 @@ __all__ = [
     "STATE_COLLECTOR",
     "MachineStateCollector",
     "observe_azure_response",
+    "register_metrics",
 ]
 
 _DURATION_BUCKETS = (
@@ -37,19 +41,19 @@ AZURE_REQUESTS = Counter(
     "gpu_provisioner_azure_requests_total",
     "HTTP requests to Azure Resource Manager by operation and status code (retries included)",
     ["operation", "code"],
-    registry=REGISTRY,
+    registry=None,
 )
 LAUNCH_DURATION = Histogram(
     "gpu_provisioner_launch_duration_seconds",
     "Seconds from a Machine's creation to its agent pool existing (MachineLaunched)",
     buckets=_DURATION_BUCKETS,
-    registry=REGISTRY,
+    registry=None,
 )
 REGISTRATION_DURATION = Histogram(
     "gpu_provisioner_registration_duration_seconds",
     "Seconds from MachineLaunched to its Node registering (MachineRegistered)",
     buckets=_DURATION_BUCKETS,
-    registry=REGISTRY,
+    registry=None,
 )
 
 MACHINE_STATES = ("launching", "registering", "initializing", "ready", "failed", "deleting")
@@ -93,7 +97,13 @@ class MachineStateCollector:
 
 
 STATE_COLLECTOR = MachineStateCollector()
-REGISTRY.register(STATE_COLLECTOR)
+
+
+def register_metrics(registry: CollectorRegistry = REGISTRY) -> None:
+    """Register the provisioner's families in `registry` (default the runtime's), once."""
+    register_once(
+        AZURE_REQUESTS, LAUNCH_DURATION, REGISTRATION_DURATION, STATE_COLLECTOR, registry=registry
+    )
 
 
 def observe_azure_response(operation: str, status: int | str) -> None:

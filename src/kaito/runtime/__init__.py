@@ -8,10 +8,13 @@
 
 It imports nothing from the rest of ``kaito`` (an import-linter contract), so both
 controllers can stand on it without standing on each other. Design: RUNTIME.md.
+Test doubles (`FakeClock`) live in ``kaito.runtime.testing``, outside the public names.
 """
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import Clock, FakeClock, RealClock
+from kaito.runtime._clock import Clock, RealClock
+from kaito.runtime.aio import Interrupted, run_unless
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.cache import Cache, index_by_label
 from kaito.runtime.client import Client, ClientConfig, PatchType
 from kaito.runtime.conditions import ConditionStatus, StatusDraft
@@ -52,6 +55,7 @@ from kaito.runtime.ratelimit import (
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
     RateLimiter,
+    TokenBucket,
     default_controller_rate_limiter,
 )
 from kaito.runtime.reconcile import Request, Result, TerminalError
@@ -63,6 +67,7 @@ __all__ = [
     "AlreadyExists",
     "AnnotationChanged",
     "ApiError",
+    "Backoff",
     "BucketRateLimiter",
     "Cache",
     "CacheSyncTimeout",
@@ -78,10 +83,10 @@ __all__ = [
     "EnqueueRequestsFromMapFunc",
     "EventRecorder",
     "EventType",
-    "FakeClock",
     "GenerationChanged",
     "Gone",
     "Informer",
+    "Interrupted",
     "Invalid",
     "ItemExponentialFailureRateLimiter",
     "LabelChanged",
@@ -103,6 +108,7 @@ __all__ = [
     "Result",
     "StatusDraft",
     "TerminalError",
+    "TokenBucket",
     "TooManyRequests",
     "WorkQueue",
     "and_",
@@ -117,4 +123,5 @@ __all__ = [
     "parse_quantity",
     "parse_rfc3339",
     "quantity_gib",
+    "run_unless",
 ]

@@ -36,6 +36,7 @@ import structlog
 from kaito.runtime import metrics
 from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
+from kaito.runtime.ratelimit import TokenBucket
 from kaito.runtime.resource import Resource
 
 log = structlog.get_logger("kaito.runtime.client")
@@ -70,6 +71,7 @@ class ClientConfig:
     qps: float = 0.0
     """Client-side rate limit in requests/s; 0 (the default) means unthrottled."""
     burst: int = 0
+    """Requests that may go at once before ``qps`` paces them; below 1 counts as 1."""
     _refresh: Any = field(default=None, repr=False)
 
     @classmethod
@@ -130,12 +132,15 @@ class Client:
 
     def __init__(self, config: ClientConfig, *, pool_size: int = 100) -> None:
         self.config = config
+        metrics.register_runtime_metrics()
         self._host = urllib.parse.urlsplit(config.server).netloc
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self._auth_header: str | None = None
         self._auth_checked = 0.0
-        self._limiter = _TokenBucket(config.qps, config.burst) if config.qps > 0 else None
+        self._limiter = (
+            TokenBucket(qps=config.qps, burst=max(config.burst, 1)) if config.qps > 0 else None
+        )
 
     async def __aenter__(self) -> Client:
         return self
@@ -459,21 +464,3 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-class _TokenBucket:
-    """Client-side QPS limit (client-go's default flowcontrol), used when qps > 0."""
-
-    def __init__(self, qps: float, burst: int) -> None:
-        self.rate = qps
-        self.capacity = float(max(burst, 1))
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        self.tokens -= 1
-        if self.tokens < 0:
-            await asyncio.sleep(-self.tokens / self.rate)

@@ -21,6 +21,7 @@ Two styles of condition are written in this project, and the class attributes ch
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 from kaito.runtime.meta import Obj
@@ -40,6 +41,9 @@ class StatusDraft:
     """The ``severity`` a False condition gets when none is given (knative: ``Error``)."""
     condition_order: ClassVar[tuple[str, ...]] = ()
     """Types in the order to keep them; others follow. Empty: insertion order."""
+    fixed_fields: ClassVar[Mapping[str, object]] = {}
+    """Fields every condition carries as they are (pods: ``lastProbeTime: null``, as
+    kubelet writes it). Empty by default."""
 
     def __init__(self, status: Obj | None, *, generation: int | None = None) -> None:
         self._original = copy.deepcopy(status or {})
@@ -80,7 +84,7 @@ class StatusDraft:
         """Set one condition; True if that changed anything."""
         if severity is None and status == "False":
             severity = self.default_false_severity
-        new: Obj = {"type": type_, "status": status}
+        new: Obj = {"type": type_, "status": status, **self.fixed_fields}
         if severity:
             new["severity"] = severity
         if reason or not self.omit_empty:

@@ -16,12 +16,19 @@ once) and call the reconciler. What happens next follows controller-runtime exac
 Python has no panics; the closest thing is a programming error (AttributeError on
 None, KeyError, TypeError, ...). Those count in ``reconcile_panics_total`` as well as
 errors, and are retried like errors (controller-runtime's RecoverPanic behaviour).
+
+Each reconcile runs with ``controller``, ``namespace``, ``name`` and a fresh
+``reconcile_id`` (a uuid4, upstream's ``reconcileID``) bound in structlog's contextvars,
+so every line logged during it, by the reconciler or by anything it awaits, can be
+grouped by reconcile: two runs for the same key are told apart, interleaved runs of
+different workers too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -112,6 +119,7 @@ class Controller:
         self.informers: list[Informer] = []
         self._started = False
         self._stopping = False
+        metrics.register_runtime_metrics()
         metrics.init_controller_metrics(name, max_concurrent_reconciles=max_concurrent_reconciles)
         # Bind label children once: the hot path then costs one inc() each.
         total = metrics.RECONCILE_TOTAL
@@ -173,7 +181,13 @@ class Controller:
                 queue.done(req)
                 return
             try:
-                await self._reconcile_one(req)
+                with structlog.contextvars.bound_contextvars(
+                    controller=self.name,
+                    namespace=req.namespace,
+                    name=req.name,
+                    reconcile_id=str(uuid.uuid4()),
+                ):
+                    await self._reconcile_one(req)
             finally:
                 queue.done(req)
 

@@ -26,6 +26,7 @@ from typing import Literal
 
 import structlog
 
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
 from kaito.runtime.meta import Obj
@@ -38,8 +39,13 @@ log = structlog.get_logger(__name__)
 
 
 _REF_FIELDS = ("kind", "apiVersion", "name", "namespace", "uid", "resourceVersion")
-_RETRY_DELAYS = (0.5, 2.0)
-"""Pauses before the second and third attempt of a write that failed transiently."""
+_ATTEMPTS = 3
+"""Tries of a write that fails transiently (5xx, connection errors)."""
+
+
+def _retry_backoff() -> Backoff:
+    """Pauses between the tries of one write: 0.5 s, then 2 s."""
+    return Backoff(initial=0.5, factor=4.0, cap=2.0, jitter=0.0)
 
 
 class EventType(enum.StrEnum):
@@ -247,14 +253,15 @@ class EventRecorder:
     async def _write(self, write: _Write) -> None:
         """Send one planned write, retrying transient failures; log, never raise."""
         self._in_flight = write
-        for attempt, delay in enumerate((0.0, *_RETRY_DELAYS)):
-            if delay:
-                await asyncio.sleep(delay)
+        backoff = _retry_backoff()
+        for attempt in range(1, _ATTEMPTS + 1):
+            if attempt > 1:
+                await backoff.wait()
             try:
                 await self._send(write)
                 break
             except ApiError as e:
-                if e.status < 500 or attempt == len(_RETRY_DELAYS):
+                if e.status < 500 or attempt == _ATTEMPTS:
                     log.warning(
                         "event write failed",
                         name=write.name,
@@ -263,7 +270,7 @@ class EventRecorder:
                     )
                     break
             except Exception as e:
-                if attempt == len(_RETRY_DELAYS):
+                if attempt == _ATTEMPTS:
                     log.warning(
                         "event write failed",
                         name=write.name,

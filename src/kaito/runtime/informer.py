@@ -31,6 +31,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.cache import Cache, IndexFunc
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, Gone
@@ -62,44 +63,6 @@ def strip_managed_fields(obj: Obj) -> Obj:
     controllers never read it). controller-runtime strips it by default too."""
     obj["metadata"].pop("managedFields", None)
     return obj
-
-
-class Backoff:
-    """Exponential backoff with jitter that resets after a healthy period (client-go's
-    ``NewExponentialBackoffManager(800ms, 30s, 2m, 2.0, 1.0)``)."""
-
-    def __init__(
-        self,
-        *,
-        initial: float = 0.8,
-        cap: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 1.0,
-        reset_after: float = 120.0,
-        now: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.initial, self.cap, self.factor, self.jitter, self.reset_after = (
-            initial,
-            cap,
-            factor,
-            jitter,
-            reset_after,
-        )
-        self._now = now
-        self._delay = 0.0
-        self._last = 0.0
-
-    def next(self) -> float:
-        now = self._now()
-        if self._delay == 0.0 or now - self._last > self.reset_after:
-            self._delay = self.initial
-        else:
-            self._delay = min(self._delay * self.factor, self.cap)
-        self._last = now
-        return self._delay + random.random() * self.jitter * self._delay
-
-    def reset(self) -> None:
-        self._delay = 0.0
 
 
 class Informer:

@@ -151,6 +151,7 @@ class LeaderElector:
         self._lease: Obj | None = None  # the last Lease object read or written (for its RV)
         self._leading = False
         self._renewed_at = 0.0  # clock reading at the start of the last successful write
+        metrics.register_runtime_metrics()
         self._gauge = metrics.LEADER_ELECTION_MASTER_STATUS.labels(name=name)
         self._gauge.set(0)
 

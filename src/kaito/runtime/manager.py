@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from kaito.runtime import metrics
 from kaito.runtime._server import Check, metrics_app, probes_app
+from kaito.runtime.aio import Interrupted, run_unless
 from kaito.runtime.cache import IndexFunc
 from kaito.runtime.client import Client
 from kaito.runtime.controller import Controller, Reconciler
@@ -46,8 +47,6 @@ from kaito.runtime.predicate import Predicate
 from kaito.runtime.resource import Resource
 
 log = structlog.get_logger("kaito.runtime.manager")
-
-T = TypeVar("T")
 
 
 class CacheSyncTimeout(RuntimeError):
@@ -74,13 +73,13 @@ class ManagerOptions:
     retry_period: float = 2.0
     component: str = "kaito"
     """The event source component and the default leader identity prefix."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Manager:
     def __init__(self, client: Client, options: ManagerOptions | None = None, **kw: Any) -> None:
         self.client = client
         self.options = options or ManagerOptions(**kw)
+        metrics.register_runtime_metrics()
         self._informers: dict[tuple[Resource, str | None, str | None], Informer] = {}
         self.controllers: list[Controller] = []
         self.recorder = EventRecorder(client, component=self.options.component)
@@ -250,31 +249,16 @@ class Manager:
             if server is not None:
                 await server.stop()
 
-    async def _until_stopped(self, aw: Awaitable[T]) -> tuple[bool, T | None]:
-        """Run ``aw`` unless stop() comes first: (True, result) or (False, None)."""
-        task: asyncio.Future[T] = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-        finally:
-            for t in (task, stop):
-                t.cancel()
-            await asyncio.gather(task, stop, return_exceptions=True)
-        if task.cancelled() or not task.done():
-            return False, None
-        # A cancelled gather() ends with CancelledError as its exception rather than in
-        # the cancelled state: that is "stopped first" too, not a failure.
-        if isinstance(task.exception(), asyncio.CancelledError):
-            return False, None
-        return True, task.result()
-
     async def _wait_synced(self) -> None:
         timeout = self.options.cache_sync_timeout
         informers = list(self._informers.values())
-        completed, synced = await self._until_stopped(
-            asyncio.gather(*(inf.wait_for_sync(timeout) for inf in informers))
-        )
-        if completed and not all(synced or ()):
+        try:
+            synced = await run_unless(
+                self._stop, asyncio.gather(*(inf.wait_for_sync(timeout) for inf in informers))
+            )
+        except Interrupted:
+            return
+        if not all(synced):
             pending = [str(i.resource) for i in informers if not i.has_synced]
             raise CacheSyncTimeout(
                 f"caches did not sync within {timeout:.0f}s: {', '.join(pending)}"
@@ -282,10 +266,11 @@ class Manager:
 
     async def _acquire_or_stop(self, elector: LeaderElector) -> bool:
         """Block until leading (True) or until stop() is called (False)."""
-        if self._stop.is_set():
+        try:
+            await run_unless(self._stop, elector.acquire())
+        except Interrupted:
             return False
-        completed, _ = await self._until_stopped(elector.acquire())
-        return completed
+        return True
 
     @staticmethod
     async def _renew(elector: LeaderElector) -> bool:
@@ -299,15 +284,15 @@ class Manager:
 
     async def _wait_for_stop(self, renew_task: asyncio.Task[bool] | None) -> bool:
         """Wait for stop() or for the lease renewal to end; return True if the lease was lost."""
-        stop = asyncio.ensure_future(self._stop.wait())
-        waits: list[asyncio.Future[Any]] = [stop]
-        if renew_task is not None:
-            waits.append(renew_task)
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        if not stop.done():
-            stop.cancel()
-            await asyncio.gather(stop, return_exceptions=True)
-        return renew_task is not None and renew_task.done() and renew_task.result()
+        if renew_task is None:
+            await self._stop.wait()
+            return False
+        try:
+            # Shielded: when stop wins, the renewal goes on until the controllers are
+            # down (run() cancels it then), so the Lease stays ours meanwhile.
+            return await run_unless(self._stop, asyncio.shield(renew_task))
+        except Interrupted:
+            return False
 
 
 class ControllerBuilder:

@@ -9,6 +9,12 @@ operator's `/metrics` shows exactly these families (plus whatever the operator r
 on purpose) and tests can parse it. `_created` series are disabled process-wide: Go
 exporters have none, and they double the number of counter series.
 
+Importing this module registers nothing: the families are created unregistered and
+`register_runtime_metrics` puts them in `REGISTRY` once, when the first component that
+records them (a `Manager`, `Controller`, `Client` or `LeaderElector`) is built. A program
+or test that merely imports the runtime leaves the registry empty, and operator families
+go in the same way, explicitly, with `register_once`.
+
 Work-queue metrics are recorded on the queue's hot path, so they are not
 prometheus_client metric objects (a lock and several calls per update): each queue gets
 a `QueueRecorder` that bumps plain integers, and `QueueMetrics` turns them into metric
@@ -38,6 +44,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector
 
 from kaito.runtime._clock import Clock
 
@@ -59,6 +66,8 @@ __all__ = [
     "QueueMetrics",
     "QueueRecorder",
     "init_controller_metrics",
+    "register_once",
+    "register_runtime_metrics",
 ]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -84,44 +93,44 @@ RECONCILE_TOTAL = Counter(
     "controller_runtime_reconcile_total",
     "Total number of reconciliations per controller",
     ["controller", "result"],
-    registry=REGISTRY,
+    registry=None,
 )
 RECONCILE_ERRORS = Counter(
     "controller_runtime_reconcile_errors_total",
     "Total number of reconciliation errors per controller",
     ["controller"],
-    registry=REGISTRY,
+    registry=None,
 )
 TERMINAL_RECONCILE_ERRORS = Counter(
     "controller_runtime_terminal_reconcile_errors_total",
     "Total number of terminal reconciliation errors per controller",
     ["controller"],
-    registry=REGISTRY,
+    registry=None,
 )
 RECONCILE_PANICS = Counter(
     "controller_runtime_reconcile_panics_total",
     "Total number of reconciliation panics per controller",
     ["controller"],
-    registry=REGISTRY,
+    registry=None,
 )
 RECONCILE_TIME = Histogram(
     "controller_runtime_reconcile_time_seconds",
     "Length of time per reconciliation per controller",
     ["controller"],
     buckets=RECONCILE_TIME_BUCKETS,
-    registry=REGISTRY,
+    registry=None,
 )
 MAX_CONCURRENT_RECONCILES = Gauge(
     "controller_runtime_max_concurrent_reconciles",
     "Maximum number of concurrent reconciles per controller",
     ["controller"],
-    registry=REGISTRY,
+    registry=None,
 )
 ACTIVE_WORKERS = Gauge(
     "controller_runtime_active_workers",
     "Number of currently used workers per controller",
     ["controller"],
-    registry=REGISTRY,
+    registry=None,
 )
 
 # --- client-go: rest client and leader election ------------------------------------------
@@ -130,7 +139,7 @@ REST_CLIENT_REQUESTS = Counter(
     "rest_client_requests_total",
     "Number of HTTP requests, partitioned by status code, method, and host.",
     ["code", "method", "host"],
-    registry=REGISTRY,
+    registry=None,
 )
 LEADER_ELECTION_MASTER_STATUS = Gauge(
     "leader_election_master_status",
@@ -138,8 +147,44 @@ LEADER_ELECTION_MASTER_STATUS = Gauge(
     "1 indicates master. 'name' is the string used to identify the lease. "
     "Please make sure to group by name.",
     ["name"],
-    registry=REGISTRY,
+    registry=None,
 )
+
+
+_registered: set[tuple[int, int]] = set()
+_registered_lock = threading.Lock()
+
+
+def register_once(*collectors: Collector, registry: CollectorRegistry = REGISTRY) -> None:
+    """Register each collector in `registry` (default `REGISTRY`) unless it already is.
+
+    Idempotent, so every component that records a family may call it when it is built;
+    prometheus_client's own `register` raises on the second call.
+    """
+    with _registered_lock:
+        for collector in collectors:
+            key = (id(registry), id(collector))
+            if key not in _registered:
+                registry.register(collector)
+                _registered.add(key)
+
+
+def register_runtime_metrics(registry: CollectorRegistry = REGISTRY) -> None:
+    """Register the runtime's families (controller, work queue, REST client, leader
+    election) in `registry` (default `REGISTRY`), once."""
+    register_once(
+        RECONCILE_TOTAL,
+        RECONCILE_ERRORS,
+        TERMINAL_RECONCILE_ERRORS,
+        RECONCILE_PANICS,
+        RECONCILE_TIME,
+        MAX_CONCURRENT_RECONCILES,
+        ACTIVE_WORKERS,
+        REST_CLIENT_REQUESTS,
+        LEADER_ELECTION_MASTER_STATUS,
+        QUEUE_METRICS,
+        registry=registry,
+    )
 
 
 def init_controller_metrics(controller_name: str, *, max_concurrent_reconciles: int = 1) -> None:
@@ -266,12 +311,13 @@ class QueueRecorder:
 class QueueMetrics:
     """Provides `QueueRecorder`s to work queues and exports them as `workqueue_*` families.
 
-    One instance is one Prometheus collector; `QUEUE_METRICS` is the one registered in
-    `REGISTRY`, and the one controllers should pass to their queues.
+    One instance is one Prometheus collector; `QUEUE_METRICS` is the one
+    `register_runtime_metrics` puts in `REGISTRY`, and the one controllers should pass to
+    their queues.
     """
 
-    def __init__(self, *, registry: CollectorRegistry | None = REGISTRY) -> None:
-        """`registry`: where to register the families (default `REGISTRY`; None: nowhere)."""
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        """`registry`: where to register the families at once (default None: nowhere)."""
         self._lock = threading.Lock()  # scrapes may come from another thread
         self._series: dict[str, _QueueSeries] = {}
         if registry is not None:
@@ -374,4 +420,4 @@ class _QueueFamilies:
 
 
 QUEUE_METRICS = QueueMetrics()
-"""The work-queue metrics provider registered in `REGISTRY`."""
+"""The work-queue metrics provider; `register_runtime_metrics` registers it in `REGISTRY`."""

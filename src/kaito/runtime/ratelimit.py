@@ -22,6 +22,7 @@ __all__ = [
     "ItemExponentialFailureRateLimiter",
     "MaxOfRateLimiter",
     "RateLimiter",
+    "TokenBucket",
     "default_controller_rate_limiter",
 ]
 
@@ -75,21 +76,24 @@ class ItemExponentialFailureRateLimiter:
         return self._failures.get(item, 0)
 
 
-class BucketRateLimiter:
-    """A token bucket shared by all items (client-go's `BucketRateLimiter`).
+class TokenBucket:
+    """A token bucket: `qps` tokens a second, at most `burst` saved up.
 
-    Each `when` reserves one token the way golang.org/x/time/rate's `Reserve` does:
-    the bucket refills at `qps` tokens per second up to `burst`, a token is always
-    taken (the level may go negative) and the answer is the time until that token
-    exists. Reservations are never handed back, so callers that are told to wait keep
-    the bucket's debt: exactly the smoothing a requeue storm needs.
+    `reserve` takes one token the way golang.org/x/time/rate's `Reserve` does: the
+    bucket refills at `qps` tokens per second up to `burst`, a token is always taken
+    (the level may go negative) and the answer is the time until that token exists.
+    Reservations are never handed back, so a caller told to wait keeps the bucket's
+    debt and the next caller waits behind it: a steady `qps` however many callers
+    arrive at once. One implementation serves both the requeue limiter
+    (`BucketRateLimiter`) and the client's request throttle (client-go's
+    ``flowcontrol.NewTokenBucketRateLimiter``).
     """
 
     __slots__ = ("_burst", "_clock", "_last", "_qps", "_tokens")
 
-    def __init__(self, *, qps: float = 10.0, burst: int = 100, clock: Clock | None = None) -> None:
-        """`qps`: refill rate (default 10/s); `burst`: bucket size and initial level
-        (default 100); `clock`: time source (default `RealClock()`)."""
+    def __init__(self, *, qps: float, burst: int, clock: Clock | None = None) -> None:
+        """`qps`: refill rate, > 0; `burst`: bucket size and initial level, >= 1;
+        `clock`: time source (default `RealClock()`)."""
         if qps <= 0 or burst < 1:
             raise ValueError("qps must be > 0 and burst >= 1")
         self._qps = qps
@@ -98,13 +102,38 @@ class BucketRateLimiter:
         self._tokens = float(burst)
         self._last = self._clock.now()
 
-    def when(self, item: Hashable) -> float:
+    def reserve(self) -> float:
+        """Take one token; return the seconds until it exists (0.0 when it already does)."""
         now = self._clock.now()
         elapsed = max(0.0, now - self._last)
         tokens = min(self._burst, self._tokens + elapsed * self._qps) - 1.0
         self._tokens = tokens
         self._last = now
         return -tokens / self._qps if tokens < 0 else 0.0
+
+    async def wait(self) -> None:
+        """Take one token and sleep (on the bucket's clock) until it exists."""
+        delay = self.reserve()
+        if delay > 0:
+            await self._clock.sleep(delay)
+
+
+class BucketRateLimiter:
+    """A token bucket shared by all items (client-go's `BucketRateLimiter`).
+
+    Every `when` reserves one token of a `TokenBucket`, whatever the item: a storm of
+    failures across many objects is held to `qps` retries a second overall.
+    """
+
+    __slots__ = ("_bucket",)
+
+    def __init__(self, *, qps: float = 10.0, burst: int = 100, clock: Clock | None = None) -> None:
+        """`qps`: refill rate (default 10/s); `burst`: bucket size and initial level
+        (default 100); `clock`: time source (default `RealClock()`)."""
+        self._bucket = TokenBucket(qps=qps, burst=burst, clock=clock)
+
+    def when(self, item: Hashable) -> float:
+        return self._bucket.reserve()
 
     def forget(self, item: Hashable) -> None:
         """No-op: the bucket is shared, there is nothing per item to forget."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
-from kaito.runtime.client import Client, PatchType
+from kaito.runtime.client import Client, ClientConfig, PatchType
 from kaito.runtime.errors import AlreadyExists, Conflict, Invalid, NotFound
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS
 
@@ -97,3 +98,21 @@ async def test_every_patch_type(client: Client) -> None:
     )
     assert applied["metadata"]["annotations"]["owner"] == "ssa"
     await client.delete(DEPLOYMENTS, name, "default")
+
+
+async def test_client_qps_paces_requests_after_the_burst(client: Client) -> None:
+    config = ClientConfig(
+        server=client.config.server,
+        ssl_context=client.config.ssl_context,
+        token=client.config.token,
+        qps=20.0,
+        burst=2,
+        _refresh=client.config._refresh,
+    )
+    async with Client(config) as throttled:
+        started = time.monotonic()
+        for _ in range(6):
+            await throttled.server_version()
+        elapsed = time.monotonic() - started
+    # Two requests ride the burst, the other four wait 50 ms each for a token.
+    assert elapsed >= 0.19

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from kaito.runtime.informer import Backoff, Informer
+from kaito.runtime.backoff import Backoff
+from kaito.runtime.informer import Informer
 from kaito.runtime.resource import CONFIGMAPS
 
 from .scripted_apiserver import ScriptedApiserver, configmap, list_response, status, watch_stream

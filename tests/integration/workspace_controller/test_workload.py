@@ -28,7 +28,7 @@ from kaito.runtime.resource import (
 from kaito.runtime.timestamps import now_rfc3339
 from tests.integration.polling import poll_until
 
-from .conftest import WsRig, condition, is_true, ready_node, register
+from .conftest import WsRig, condition, is_true, ready_node, register, workload_left
 
 Obj = dict[str, Any]
 
@@ -342,6 +342,8 @@ async def test_deleting_a_workspace_removes_its_workload(wsrig: WsRig, client: C
     await wsrig.create("gone")
     await wsrig.wait_resource_ready("gone")
     await scheduled_pod(client, wsrig, "gone")
-    await wsrig.delete("gone")
-    # The rig's teardown asserts that the garbage collector removed the Deployment,
-    # ReplicaSet, Service, ConfigMap and pod, and that no Machine, pool or Node is left.
+    await wsrig.delete("gone")  # waits until the Workspace itself is gone
+    assert await client.list_all(WORKSPACES, wsrig.namespace) == []
+    assert await wsrig.machines() == []
+    # The garbage collector removes the Deployment, ReplicaSet, Service, ConfigMap and pod.
+    assert await workload_left(client, wsrig.namespace) == {}

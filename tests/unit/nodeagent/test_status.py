@@ -51,6 +51,35 @@ def test_status_reports_last_state_restarts_and_readiness() -> None:
     assert conds["Ready"] == "True"
 
 
+def test_conditions_are_written_as_kubelet_writes_them() -> None:
+    c = ContainerState("c", "img")
+    state = PodState(main=[c])
+    state.conditions.set_bool("VolumesReady", False, "UnsupportedVolume", "hostPath")
+    first = pod_status(state)["conditions"]
+    times = {x["type"]: x.pop("lastTransitionTime") for x in first}
+    assert first == [
+        {"type": "Initialized", "status": "False", "lastProbeTime": None,
+         "reason": "ContainersNotInitialized"},
+        {"type": "Ready", "status": "False", "lastProbeTime": None,
+         "reason": "ContainersNotReady"},
+        {"type": "ContainersReady", "status": "False", "lastProbeTime": None,
+         "reason": "ContainersNotReady"},
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None},
+        {"type": "VolumesReady", "status": "False", "lastProbeTime": None,
+         "reason": "UnsupportedVolume", "message": "hostPath"},
+    ]  # fmt: skip
+    # An unchanged status keeps its transition time; a changed one gets a new time.
+    state.conditions.data["conditions"][0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    state.conditions.data["conditions"][3]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    state.initialized = True
+    again = {x["type"]: x for x in pod_status(state)["conditions"]}
+    assert again["PodScheduled"]["lastTransitionTime"] == "2000-01-01T00:00:00Z"
+    assert again["Initialized"]["status"] == "True"
+    assert "reason" not in again["Initialized"]
+    assert again["Initialized"]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+    assert again["Ready"]["lastTransitionTime"] == times["Ready"]
+
+
 def test_ip_pool_hands_out_distinct_addresses_and_skips_ones_in_use() -> None:
     pool = IPPool(lambda: ["127.0.1.1"])
     a = pool.allocate("pod-a")

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from kaito.runtime._clock import FakeClock, RealClock
+from kaito.runtime import RealClock
+from kaito.runtime.testing import FakeClock
 
 
 def test_advance_fires_due_timers_in_deadline_order_at_their_deadline() -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import structlog
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.controller import Controller
 from kaito.runtime.reconcile import Request, Result, TerminalError
+from kaito.runtime.testing import FakeClock
 
 REQ = Request("ns", "obj")
 
@@ -166,3 +168,33 @@ async def test_error_with_requeue_after_ignores_the_requeue_after(harness_factor
     await h.settle()
     assert total("c-err-after", "requeue_after") == 0
     assert total("c-err-after", "error") == 1
+
+
+async def test_each_reconcile_logs_with_its_own_reconcile_id(
+    harness_factory: Callable[[str, Callable[[int], Any]], Harness],
+) -> None:
+    seen: list[dict[str, Any]] = []
+    logs = structlog.testing.LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, logs])
+    try:
+
+        def outcome(n: int) -> Result | None:
+            seen.append(structlog.contextvars.get_contextvars())
+            structlog.get_logger("test").info("reconciling", call=n)
+            return Result(requeue=True) if n == 1 else None
+
+        h = harness_factory("reconcile-id", outcome)
+        h.ctrl.queue.add(REQ)
+        await h.settle()
+        h.clock.advance(1.0)  # past the requeue's backoff
+        await h.settle()
+    finally:
+        structlog.configure(**saved)
+    assert h.calls == 2
+    ids = [ctx.pop("reconcile_id") for ctx in seen]
+    assert seen == [{"controller": "reconcile-id", "namespace": "ns", "name": "obj"}] * 2
+    assert ids[0] != ids[1]
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    lines = [e for e in logs.entries if e["event"] == "reconciling"]
+    assert [e["reconcile_id"] for e in lines] == ids

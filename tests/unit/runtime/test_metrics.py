@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+import subprocess
+import sys
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from kaito.runtime import metrics
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.metrics import (
     QUEUE_METRICS,
     REGISTRY,
@@ -18,9 +20,16 @@ from kaito.runtime.metrics import (
     init_controller_metrics,
 )
 from kaito.runtime.ratelimit import ItemExponentialFailureRateLimiter
+from kaito.runtime.testing import FakeClock
 from kaito.runtime.workqueue import WorkQueue
 
 _names = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> None:
+    """These tests record families without building a Manager or Controller."""
+    metrics.register_runtime_metrics()
 
 
 def unique(prefix: str) -> str:
@@ -202,3 +211,26 @@ def test_unnamed_queue_records_nothing() -> None:
 def test_second_provider_in_one_registry_is_refused() -> None:
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         QueueMetrics(registry=REGISTRY)
+
+
+def test_importing_the_operator_registers_no_metrics() -> None:
+    code = (
+        "import kaito.runtime, kaito.provisioner.app, kaito.controllers.workspace.app\n"
+        "import kaito.controllers.workspace.admission.webhook, kaito.runtime.webhook\n"
+        "from kaito.runtime.metrics import REGISTRY\n"
+        "print(sorted(m.name for m in REGISTRY.collect()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    registered = ast.literal_eval(out.stdout.strip())
+    assert registered == []
+
+
+def test_register_runtime_metrics_is_idempotent() -> None:
+    registry = CollectorRegistry()
+    metrics.register_runtime_metrics(registry)
+    metrics.register_runtime_metrics(registry)  # prometheus_client alone would raise here
+    names = {m.name for m in registry.collect()}
+    assert "controller_runtime_reconcile" in names
+    assert "workqueue_depth" in names

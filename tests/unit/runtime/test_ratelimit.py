@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
+    TokenBucket,
     default_controller_rate_limiter,
 )
+from kaito.runtime.testing import FakeClock
 
 
 def test_backoff_doubles_from_5ms() -> None:
@@ -89,6 +92,27 @@ def test_bucket_keeps_no_per_item_state() -> None:
     limiter.when("a")
     limiter.forget("a")
     assert limiter.num_requeues("a") == 0
+
+
+async def test_token_bucket_wait_sleeps_until_its_token_exists() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(qps=4, burst=1, clock=clock)
+    await bucket.wait()  # the burst: no sleep
+    assert clock.armed == 0
+    second = asyncio.create_task(bucket.wait())
+    await clock.wait_for_sleepers(1)
+    clock.advance(0.2)
+    await asyncio.sleep(0)
+    assert not second.done()  # a token takes 0.25 s at 4 qps
+    clock.advance(0.05)
+    await asyncio.wait_for(second, 1)
+
+
+def test_token_bucket_rejects_no_rate_or_no_room() -> None:
+    with pytest.raises(ValueError, match="qps must be > 0"):
+        TokenBucket(qps=0, burst=1)
+    with pytest.raises(ValueError, match="burst >= 1"):
+        TokenBucket(qps=1, burst=0)
 
 
 def test_max_of_takes_longest_delay_and_forgets_everywhere() -> None:

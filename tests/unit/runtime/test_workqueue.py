@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from kaito.runtime._clock import FakeClock
 from kaito.runtime.ratelimit import ItemExponentialFailureRateLimiter
+from kaito.runtime.testing import FakeClock
 from kaito.runtime.workqueue import QueueShutDown, WorkQueue
 
 
@@ -352,7 +352,10 @@ async def test_shutdown_with_drain_waits_for_in_flight_items(queue: WorkQueue[st
 
 
 async def test_shutdown_with_drain_returns_at_once_when_idle(queue: WorkQueue[str]) -> None:
-    await asyncio.wait_for(queue.shutdown_with_drain(), timeout=5)
+    draining = asyncio.create_task(queue.shutdown_with_drain())
+    await settle()
+    assert draining.done(), "an idle queue has nothing to drain"
+    assert queue.shutting_down
 
 
 async def test_shutdown_cancels_a_pending_drain(queue: WorkQueue[str]) -> None:
@@ -360,8 +363,10 @@ async def test_shutdown_cancels_a_pending_drain(queue: WorkQueue[str]) -> None:
     await queue.get()
     draining = asyncio.create_task(queue.shutdown_with_drain())
     await settle()
+    assert not draining.done(), "a is still processing"
     queue.shutdown()  # as in client-go, ShutDown stops ShutDownWithDrain waiting
-    await asyncio.wait_for(draining, timeout=5)
+    await settle()
+    assert draining.done(), "shutdown() released the drain although a is not done"
 
 
 async def test_no_task_outlives_shutdown() -> None:

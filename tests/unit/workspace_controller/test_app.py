@@ -17,7 +17,7 @@ from kaito.controllers.workspace.app import (
     workspace_state,
 )
 from kaito.runtime.cache import Cache
-from kaito.runtime.metrics import REGISTRY
+from kaito.runtime.metrics import REGISTRY, register_once
 from kaito.runtime.reconcile import Request
 
 Obj = dict[str, Any]
@@ -97,6 +97,7 @@ def test_workspace_gauges_by_state_and_preset() -> None:
         "provisioning",
     ]
     assert workspace_preset(custom) is None
+    register_once(STATE_COLLECTOR)  # as WorkspaceController() does
     STATE_COLLECTOR.set_source(lambda: objs)
     try:
         text = generate_latest(REGISTRY).decode()

@@ -37,7 +37,7 @@ from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
 from kaito.runtime.meta import Obj
-from kaito.runtime.metrics import REGISTRY
+from kaito.runtime.metrics import register_once
 from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import Funcs, ResourceVersionChanged
 from kaito.runtime.reconcile import Request
@@ -192,7 +192,7 @@ class WorkspaceCountCollector:
 
 
 STATE_COLLECTOR = WorkspaceCountCollector()
-REGISTRY.register(STATE_COLLECTOR)
+"""Registered in the runtime's registry when a `WorkspaceController` is built."""
 
 
 class WorkspaceController:
@@ -205,6 +205,7 @@ class WorkspaceController:
         provisioning: Provisioning | None = None,
     ) -> None:
         provisioning = provisioning or Provisioning()
+        register_once(STATE_COLLECTOR)
         self.manager = Manager(
             client, manager_options or ManagerOptions(component="workspace-controller")
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +47,12 @@ from kaito.dev.nodeagent.volumes import (
     pod_dir_name,
     realise_volumes,
 )
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.events import EventRecorder
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
-from kaito.runtime.timestamps import now_rfc3339
 
 log = structlog.get_logger("kaito.dev.nodeagent")
 
@@ -262,7 +263,7 @@ class PodWorker:
             return None
 
     async def _volumes(self) -> dict[str, str] | None:
-        delay = 1.0
+        backoff = Backoff(initial=1.0, cap=30.0, jitter=0.0, reset_after=math.inf)
         while True:
             try:
                 volumes = await realise_volumes(self.pod, self.dir, self._fetch)
@@ -272,26 +273,15 @@ class PodWorker:
                 self._set_condition("VolumesReady", False, "UnsupportedVolume", str(e))
                 return None
             except VolumeNotReady as e:
+                delay = backoff.next()
                 self._log.info("volume not ready, retrying", error=str(e), delay=delay)
                 self.event("Warning", "FailedMount", f"MountVolume.SetUp failed: {e}")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
                 continue
             return volumes
 
     def _set_condition(self, type_: str, ok: bool, reason: str, message: str) -> None:
-        self.state.extra_conditions = [
-            c for c in self.state.extra_conditions if c["type"] != type_
-        ] + [
-            {
-                "type": type_,
-                "status": "True" if ok else "False",
-                "reason": reason,
-                "message": message,
-                "lastProbeTime": None,
-                "lastTransitionTime": now_rfc3339(),
-            }
-        ]
+        self.state.conditions.set_bool(type_, ok, reason, message)
         self.changed()
 
     def _workdir(self, spec: Obj, mounts: MountMap) -> Path:
@@ -341,7 +331,12 @@ class PodWorker:
         name = spec["name"]
         log_path = self.dir / "logs" / f"{name}.log"
         policy = self.state.restart_policy
-        delay: float | None = None
+        # kubelet's crash-loop backoff: the first crash restarts at once, then the waits
+        # run restart_backoff, doubling to MAX_BACKOFF; a long run starts afresh.
+        backoff = Backoff(
+            initial=self.ctx.restart_backoff, cap=MAX_BACKOFF, jitter=0.0, reset_after=math.inf
+        )
+        restart_at_once = True
         while True:
             try:
                 proc = await ContainerProcess.start(argv, env=env, cwd=cwd, log_path=log_path)
@@ -350,8 +345,8 @@ class PodWorker:
                 st.wait("RunContainerError", f"starting {argv[0]} failed: {e}")
                 self.event("Warning", "Failed", f"Error: {e}")
                 self.changed()
-                delay = min((delay or self.ctx.restart_backoff) * 2, MAX_BACKOFF)
-                await asyncio.sleep(delay)
+                restart_at_once = False
+                await asyncio.sleep(backoff.next())
                 continue
             self._procs[name] = proc
             started = time.monotonic()
@@ -391,8 +386,12 @@ class PodWorker:
             if policy == "Never":
                 return False
             if ran > BACKOFF_RESET:
-                delay = None
-            if delay is not None:
+                backoff.reset()
+                restart_at_once = True
+            if restart_at_once:
+                restart_at_once = False
+            else:
+                delay = backoff.next()
                 text = (
                     f"back-off {delay:g}s restarting failed container={name} "
                     f"pod={self.name}_{self.namespace}({self.uid})"
@@ -401,9 +400,6 @@ class PodWorker:
                 self.event("Warning", "BackOff", "Back-off restarting failed container")
                 self.changed()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
-            else:
-                delay = self.ctx.restart_backoff
             st.restart_count += 1
 
     # -- status --------------------------------------------------------------------------

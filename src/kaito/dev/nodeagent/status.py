@@ -9,7 +9,9 @@ records into the ``status`` the agent writes through ``pods/status``: ``phase``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from kaito.runtime.conditions import ConditionStatus, StatusDraft
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import now_rfc3339
 
@@ -97,6 +99,27 @@ class ContainerState:
         return out
 
 
+class PodConditions(StatusDraft):
+    """A pod's conditions as kubelet writes them, with metav1 transition semantics.
+
+    kubelet's style: a reason only on a condition that is not True, no empty message,
+    ``lastProbeTime: null`` on each, and its four conditions first in its order; the
+    agent's own (``VolumesReady``) follow.
+    """
+
+    omit_empty = True
+    condition_order = ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+    fixed_fields: ClassVar[Obj] = {"lastProbeTime": None}
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def set_bool(self, type_: str, ok: bool, reason: str = "", message: str = "") -> bool:
+        """Set ``type_`` True or False; ``reason`` is written only when it is False."""
+        status: ConditionStatus = "True" if ok else "False"
+        return self.set(type_, status, "" if ok else reason, message)
+
+
 @dataclass
 class PodState:
     """The agent's records for one pod plus its address."""
@@ -108,8 +131,7 @@ class PodState:
     start_time: str = field(default_factory=now_rfc3339)
     initialized: bool = False
     failed_init: bool = False
-    extra_conditions: list[Obj] = field(default_factory=list)
-    transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    conditions: PodConditions = field(default_factory=PodConditions)
 
 
 def pod_phase(state: PodState) -> str:
@@ -144,41 +166,22 @@ def pod_phase(state: PodState) -> str:
     return "Pending"
 
 
-def _condition(state: PodState, type_: str, ok: bool, reason: str | None = None) -> Obj:
-    status = "True" if ok else "False"
-    prev = state.transitions.get(type_)
-    if prev is None or prev[0] != status:
-        state.transitions[type_] = (status, now_rfc3339())
-    cond: Obj = {
-        "type": type_,
-        "status": status,
-        "lastProbeTime": None,
-        "lastTransitionTime": state.transitions[type_][1],
-    }
-    if reason and not ok:
-        cond["reason"] = reason
-    return cond
-
-
 def pod_status(state: PodState) -> Obj:
     phase = pod_phase(state)
     terminal = phase in ("Succeeded", "Failed")
     not_ready = [c.name for c in state.main if not c.ready]
     ready = not not_ready and bool(state.main)
     reason = "PodCompleted" if terminal else "ContainersNotReady"
+    conditions = state.conditions
+    conditions.set_bool("Initialized", state.initialized or terminal, "ContainersNotInitialized")
+    conditions.set_bool("Ready", ready, reason)
+    conditions.set_bool("ContainersReady", ready, reason)
+    conditions.set_bool("PodScheduled", True)
     status: Obj = {
         "phase": phase,
         "hostIP": HOST_IP,
         "startTime": state.start_time,
-        "conditions": [
-            _condition(
-                state, "Initialized", state.initialized or terminal, "ContainersNotInitialized"
-            ),
-            _condition(state, "Ready", ready, reason),
-            _condition(state, "ContainersReady", ready, reason),
-            _condition(state, "PodScheduled", True),
-            *state.extra_conditions,
-        ],
+        "conditions": [dict(c) for c in conditions.conditions],  # copies: the draft keeps its own
         "containerStatuses": [c.to_status() for c in state.main],
     }
     if state.init:
