@@ -75,7 +75,7 @@ def kaito_env(kubeconfig: str) -> dict[str, str]:
 def inference_env() -> dict[str, str]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(INFERENCE_DIR),
+        "PYTHONPATH": os.pathsep.join([str(INFERENCE_DIR), str(SRC)]),  # SRC: kaito_contracts
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",

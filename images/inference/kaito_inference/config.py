@@ -8,6 +8,11 @@ Flags of the vLLM engine that are not flags of this server (`--enforce-eager`,
 `--cpu-offload-gb`, ...) are passed to vLLM's `AsyncEngineArgs`: from the command line an
 unknown one is an error, from the config file a warning (presets outlive vLLM versions;
 `swap-space`, say, no longer exists in vLLM 0.32).
+
+The file's grammar (a mapping; each engine section a mapping of scalars) is the one the
+operator's webhook admits: both check it against the schema in ``kaito_contracts``, so a
+file the webhook admitted is never refused here for its shape (only for a flag value
+this server or vLLM rejects).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 import structlog
 import yaml
+
+from kaito_contracts import INFERENCE_CONFIG, schema_problem
 
 log = structlog.get_logger(__name__)
 
@@ -207,11 +214,13 @@ def _flag_args(mapping: dict[str, Any], *, source: str) -> list[str]:
 
 def _config_file_args(path: Path, engine: str, known: set[str]) -> list[str]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping")
+    data = {} if data is None else data
+    problem = schema_problem(INFERENCE_CONFIG, data)
+    if problem:
+        raise ConfigError(f"config file {path} {problem}")
     top: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
@@ -221,8 +230,6 @@ def _config_file_args(path: Path, engine: str, known: set[str]) -> list[str]:
         else:
             log.info("config key ignored", key=key, file=str(path))
     section = data.get(engine) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {path}: '{engine}' must be a mapping")
     return _flag_args(top, source=str(path)) + _flag_args(section, source=f"{path}:{engine}")
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 
 INFERENCE_DIR = Path(__file__).resolve().parents[1]
+CONTRACTS_DIR = INFERENCE_DIR.parents[1] / "src"
+"""Where ``kaito_contracts`` lives (the image copies it beside its package)."""
 STARTUP_TIMEOUT_S = 240.0
 # How the test servers are configured (see conftest.server).
 MAX_CONCURRENT = 4
@@ -96,7 +98,7 @@ class ServerProcess:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(INFERENCE_DIR), env.get("PYTHONPATH", "")) if p
+            p for p in (str(INFERENCE_DIR), str(CONTRACTS_DIR), env.get("PYTHONPATH", "")) if p
         )
         env.update(self.env)
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

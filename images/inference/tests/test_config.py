@@ -82,7 +82,7 @@ def test_bad_config_files_are_reported(tmp_path: Path) -> None:
         parse_settings(["--model", "/m", "--config-file", str(tmp_path / "missing.yaml")])
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
+    with pytest.raises(ConfigError, match="must be a YAML mapping, got list"):
         parse_settings(["--model", "/m", "--config-file", str(bad)])
 
 

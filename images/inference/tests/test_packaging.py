@@ -66,3 +66,17 @@ def test_dockerfiles_install_the_pinned_requirements_and_run_the_packages() -> N
     tuning = (TUNING_DIR / "Dockerfile").read_text()
     assert "pip install -r /tmp/requirements.txt" in tuning
     assert 'ENTRYPOINT ["python", "-m", "kaito_tuning"]' in tuning
+
+
+def test_dockerfiles_carry_the_contracts_shared_with_the_operator() -> None:
+    """Both images import kaito_contracts (config grammar, URL policy), which lives in the
+    operator's source tree: each Dockerfile copies it from the named build context its
+    header documents, beside its own package, with the data file inside."""
+    contracts = INFERENCE_DIR.parents[1] / "src" / "kaito_contracts"
+    assert (contracts / "contracts.json").is_file()
+    for folder in (INFERENCE_DIR, TUNING_DIR):
+        dockerfile = (folder / "Dockerfile").read_text()
+        assert "--build-context contracts=src/kaito_contracts" in dockerfile, folder
+        assert "COPY --from=contracts . /workspace/kaito_contracts" in dockerfile, folder
+        assert "WORKDIR /workspace" in dockerfile, folder
+        assert "jsonschema" in pins(folder / "requirements.txt"), folder

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from harness import INFERENCE_DIR, Artifacts
+from harness import CONTRACTS_DIR, INFERENCE_DIR, Artifacts
 
 TUNING_DIR = INFERENCE_DIR.parent / "tuning"
 QUESTION = "what is kaito"
@@ -54,7 +54,11 @@ def tuned_adapter(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory
     (data / "chat.jsonl").write_text((json.dumps(record) + "\n") * 4)
     (work / "training_config.yaml").write_text(TRAINING_CONFIG)
     output = work / "result"
-    env = dict(os.environ, PYTHONPATH=str(TUNING_DIR), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TUNING_DIR), str(CONTRACTS_DIR)]),
+        OMP_NUM_THREADS="1",
+    )
     run = subprocess.run(
         [
             sys.executable,

@@ -9,6 +9,9 @@
       DatasetConfig:      {shuffle_dataset: true, max_seq_length: 1024}
 
 Unknown keys are reported, not fatal: Kaito's presets carry keys for other trainers.
+The layout and the types of the keys above are the schema in ``kaito_contracts``, the
+one the operator's webhook admits ConfigMaps with: a file is checked against it first,
+so a wrong type is refused here with the same words as by ``kubectl apply``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import structlog
 import yaml
+
+from kaito_contracts import TRAINING_CONFIG, schema_problem
 
 log = structlog.get_logger(__name__)
 
@@ -71,34 +76,18 @@ class TrainingConfig:
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
 
 
-def _number(value: Any, name: str) -> float:
-    # YAML 1.1 reads `2e-4` (no dot) as a string; accept it as the number it means.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _fill(target: Any, values: Any, section: str) -> None:
-    if values is None:
-        return
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping")
-    known = {f.name: f for f in fields(target)}
-    for key, value in values.items():
+def _fill(target: Any, values: dict[str, Any] | None, section: str) -> None:
+    """Copy the known keys of a section (checked against the schema) onto ``target``."""
+    known = {f.name for f in fields(target)}
+    for key, value in (values or {}).items():
         if key not in known:
             log.warning("training config key ignored", section=section, key=key)
             continue
         current = getattr(target, key)
-        if isinstance(current, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{section}.{key} must be a boolean, got {value!r}")
         if isinstance(current, int | float) and not isinstance(current, bool):
-            value = _number(value, f"{section}.{key}")
-            value = type(current)(value)
+            # YAML 1.1 reads `2e-4` (no dot) as a string; the schema admits a string
+            # that spells a number, and float() reads it.
+            value = type(current)(float(value))
         setattr(target, key, value)
 
 
@@ -108,17 +97,15 @@ def load_config(path: Path | None) -> TrainingConfig:
     if path is None:
         return config
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping")
-    root = data.get("training_config", data)
-    if not isinstance(root, dict):
-        raise ConfigError(f"{path}: training_config must be a mapping")
+    document: Any = {} if data is None else data
+    problem = schema_problem(TRAINING_CONFIG, document)
+    if problem:
+        raise ConfigError(f"{path} {problem}")
+    root: dict[str, Any] = document.get("training_config", document)
     model = root.get("ModelConfig") or {}
-    if not isinstance(model, dict):
-        raise ConfigError("ModelConfig must be a mapping")
     config.torch_dtype = str(model.get("torch_dtype", config.torch_dtype))
     _fill(config.lora, root.get("LoraConfig"), "LoraConfig")
     _fill(config.quantization, root.get("QuantizationConfig"), "QuantizationConfig")

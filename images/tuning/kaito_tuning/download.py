@@ -2,13 +2,16 @@
 
     python -m kaito_tuning.download --output /mnt/data URL... [--max-bytes N] [--timeout S]
 
-Only http and https URLs are accepted (no file://, ftp://, ...), and only to public
-addresses: every connection, redirects included, resolves the host itself and refuses
-loopback, private, link-local (cloud metadata services live at 169.254.169.254),
-shared, reserved and multicast addresses, then connects to the very address it checked,
-so a name that the webhook saw as public cannot be re-pointed at an internal service
-between admission and download (``--allow-private-addresses`` lifts this, for an
-in-cluster mirror). A download larger than
+What may be downloaded is the URL policy in ``kaito_contracts``, the one the operator's
+webhook admits ``tuning.input.urls`` with: only http and https URLs (no file://, ftp://,
+...), and only public addresses. The URL itself is checked first (scheme, names such as
+``localhost`` and ``metadata.google.internal``, literal addresses); then every
+connection, redirects included, resolves the host itself and refuses loopback, private,
+link-local, cloud metadata (169.254.169.254, Azure's 168.63.129.16), shared, reserved
+and multicast addresses, and connects to the very address it checked, so a name that
+the webhook saw as public cannot be re-pointed at an internal service between admission
+and download. ``--allow-private-addresses`` lifts the checks for an in-cluster mirror,
+except for metadata services and the API server, which no mirror is. A download larger than
 `--max-bytes` (counted while streaming, not trusted from Content-Length) or slower than
 `--timeout` seconds in total is removed and fails the container. Files are written under
 a temporary name and renamed when complete, so a crash never leaves a partial file with
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import ipaddress
 import os
 import socket
 import ssl
@@ -32,6 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
+
+from kaito_contracts import address_reason, url_problem
 
 from . import logs
 
@@ -51,21 +55,18 @@ def _filename(url: str, index: int) -> str:
     return name if name and name not in (".", "..") else f"data-{index}"
 
 
-def _refusal(host: str, address: str) -> str | None:
+def _refusal(host: str, address: str, *, allow_private: bool = False) -> str | None:
     """Why connecting to ``address`` (``host`` resolved) is refused, or None."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.is_global:
+    reason = address_reason(address, allow_private=allow_private)
+    if reason is None:
         return None
-    if ip.is_loopback:
-        kind = "a loopback address"
-    elif ip.is_link_local:
-        kind = "a link-local address (where cloud metadata services live)"
-    elif ip.is_private:
-        kind = "a private address"
-    else:
-        kind = "not a public address"
     shown = host if host == address else f"{host} ({address})"
-    return f"{shown} is {kind}; only public addresses may be downloaded from"
+    return f"{shown} is {reason}; only public addresses may be downloaded from"
+
+
+def url_refusal(url: str, *, allow_private: bool = False) -> str | None:
+    """Why ``url`` is refused before any connection (the webhook's verdict), or None."""
+    return url_problem(url, allow_private=allow_private)
 
 
 def _guarded_connector(allow_private: bool) -> Callable[..., socket.socket]:
@@ -79,11 +80,10 @@ def _guarded_connector(allow_private: bool) -> Callable[..., socket.socket]:
     ) -> socket.socket:
         host, port = address
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not allow_private:
-            for *_rest, sockaddr in infos:
-                reason = _refusal(host, str(sockaddr[0]))
-                if reason is not None:
-                    raise DownloadError(reason)
+        for *_rest, sockaddr in infos:
+            reason = _refusal(host, str(sockaddr[0]), allow_private=allow_private)
+            if reason is not None:
+                raise DownloadError(reason)
         error: OSError | None = None
         for family, kind, proto, _name, sockaddr in infos:
             sock = socket.socket(family, kind, proto)
@@ -138,11 +138,9 @@ def download(
     allow_private: bool = False,
 ) -> Path:
     """Fetch `url` into `output`; returns the file written."""
-    scheme = urllib.parse.urlparse(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise DownloadError(
-            f"{url}: only http and https URLs are allowed, not {scheme or 'none'!r}"
-        )
+    refusal = url_refusal(url, allow_private=allow_private)
+    if refusal is not None:
+        raise DownloadError(refusal)
     output.mkdir(parents=True, exist_ok=True)
     target = output / _filename(url, index)
     partial = target.with_name(f".{target.name}.part")
@@ -188,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--allow-private-addresses",
         action="store_true",
-        help="also download from loopback/private/link-local addresses (an in-cluster mirror)",
+        help="also download from loopback/private/link-local addresses (an in-cluster "
+        "mirror); metadata services stay refused",
     )
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     args = p.parse_args(argv)

@@ -113,7 +113,9 @@ def test_kaito_training_config_layout(tmp_path: Path) -> None:
 def test_wrong_config_types_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("training_config:\n  TrainingArguments: {max_steps: many}\n")
-    with pytest.raises(ConfigError, match=r"TrainingArguments\.max_steps must be a number"):
+    with pytest.raises(
+        ConfigError, match=r"TrainingArguments\.max_steps to 'many'; it must be a number"
+    ):
         load_config(path)
     path.write_text("training_config:\n  DatasetConfig: {shuffle_dataset: 3}\n")
     with pytest.raises(ConfigError, match="must be a boolean"):

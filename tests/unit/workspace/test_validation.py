@@ -10,14 +10,11 @@ from typing import Any
 
 import pytest
 
-from kaito.controllers.workspace.admission.validation import (
-    check_capacity,
-    parse,
-    url_problem,
-    validate,
-)
+from kaito.controllers.workspace.admission.resource import check_capacity
+from kaito.controllers.workspace.admission.validation import parse, validate
 from kaito.presets.catalog import load_catalog
 from kaito.presets.skus import get_sku
+from kaito_contracts import url_problem
 from tests.unit.workspace.specs import (
     DELETE,
     QUICK_START,
@@ -422,8 +419,8 @@ def test_instance_type_lookup_is_case_insensitive() -> None:
         ("https://168.63.129.16/d", "a cloud metadata address"),
         ("https://100.64.1.1/d", "not a public address"),
         ("https://0.0.0.0/d", "the unspecified address"),
-        ("https://metadata.google.internal/x", "a local or metadata service"),
-        ("https://api.localhost/x", "a local or metadata service"),
+        ("https://metadata.google.internal/x", "a cloud metadata service"),
+        ("https://api.localhost/x", "a local service"),
         ("https:///nohost", "has no host"),
     ],
 )

@@ -14,7 +14,8 @@ Contract:
   ``kubernetes.azure.com/agentpool`` label) are this agent's.
 - Only the project's own images run: containers whose command is ``python -m
   kaito_inference...`` or ``python -m kaito_tuning...`` run with ``--python`` (default
-  ``.venv-inference/bin/python``) and ``PYTHONPATH=images/inference:images/tuning``.
+  ``.venv-inference/bin/python``) and ``PYTHONPATH=images/inference:images/tuning:src``
+  (``src`` for ``kaito_contracts``, which the images' Dockerfiles copy in).
   Any other container waits in ``ErrImagePull`` then ``ImagePullBackOff`` (message:
   "image X is not available to the node agent ...") and the pod stays Pending.
 - Volumes are local folders under ``<state-dir>/pods/<ns>_<name>_<uid8>/`` (emptyDir,

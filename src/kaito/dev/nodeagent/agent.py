@@ -52,7 +52,16 @@ DEFAULT_NODE_SELECTOR = "kubernetes.azure.com/agentpool"
 """Nodes the agent plays kubelet for: those with an AKS agent-pool label (any value)."""
 DEFAULT_PYTHON = str(REPO_ROOT / ".venv-inference" / "bin" / "python")
 """The interpreter of the project's images: the inference/tuning virtualenv."""
-PYTHONPATH = f"{REPO_ROOT / 'images' / 'inference'}:{REPO_ROOT / 'images' / 'tuning'}"
+PYTHONPATH = ":".join(
+    str(p)
+    for p in (
+        REPO_ROOT / "images" / "inference",
+        REPO_ROOT / "images" / "tuning",
+        REPO_ROOT / "src",
+    )
+)
+"""What the images' /workspace holds: their packages, and ``src/kaito_contracts`` (the
+config grammar and URL policy they share with the webhook, copied in at build time)."""
 NODE_INDEX = "nodeName"
 
 

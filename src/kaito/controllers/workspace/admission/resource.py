@@ -1,0 +1,126 @@
+"""Rules on the base model (the preset) and the nodes it runs on (``resource``).
+
+The GPU checks use the preset's serving figures for tuning workspaces too: the catalog
+has no separate tuning figures, and a node that cannot hold the model for inference
+cannot tune it either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kaito.api.workspace import PresetSpec, Workspace
+from kaito.controllers.workspace.admission.fields import FieldError
+from kaito.presets.catalog import Catalog, Preset
+from kaito.presets.skus import GpuSku
+
+OTHER_GPU_SIZES_PREFIX = "Standard_N"
+"""Azure's GPU families; sizes not in the SKU table are accepted without memory checks."""
+
+BYPASS_HINT = ' (annotation kaito.sh/bypass-resource-checks: "True" skips this check)'
+
+
+def _gib(value: float) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".") + "Gi"
+
+
+def _plural(n: int | float, word: str) -> str:
+    return f"{n:g} {word}" if n == 1 else f"{n:g} {word}s"
+
+
+def check_preset(
+    spec: PresetSpec | None, path: str, cat: Catalog
+) -> tuple[list[FieldError], Preset | None]:
+    """The preset at ``path`` is known, not deprecated, and has its private image."""
+    if spec is None:
+        return [FieldError(path, "required: name the base model (a preset)")], None
+    preset = cat.get(spec.name)
+    if preset is None:
+        known = ", ".join(cat.names())
+        return [
+            FieldError(f"{path}.name", f'unknown preset "{spec.name}"; known presets: {known}')
+        ], None
+    errors = []
+    if preset.deprecated:
+        errors.append(
+            FieldError(
+                f"{path}.name",
+                f"preset {preset.name} is deprecated and no longer accepted; use another "
+                f"{preset.family} preset: "
+                + ", ".join(p for p in cat.names() if cat.presets[p].family == preset.family),
+            )
+        )
+    if spec.access_mode == "private" and not spec.options.image:
+        errors.append(
+            FieldError(
+                f"{path}.presetOptions.image",
+                "accessMode private needs presetOptions.image (the private model image)",
+            )
+        )
+    return errors, preset
+
+
+def check_resource(
+    ws: Workspace,
+    preset: Preset | None,
+    sku_lookup: Callable[[str], GpuSku | None],
+) -> list[FieldError]:
+    """A GPU instance type, large enough for the preset unless checks are bypassed."""
+    instance_type = ws.resource.instance_type
+    sku = sku_lookup(instance_type)
+    if sku is None:
+        if instance_type.startswith(OTHER_GPU_SIZES_PREFIX):
+            return []
+        return [
+            FieldError(
+                "resource.instanceType",
+                f"unknown instance type {instance_type}; use a GPU size (Standard_N*), "
+                "e.g. Standard_NC6s_v3, Standard_NC24ads_A100_v4",
+            )
+        ]
+    if preset is None or ws.bypass_resource_checks:
+        return []
+    return check_capacity(preset, sku, ws.resource.count)
+
+
+def check_capacity(preset: Preset, sku: GpuSku, count: int) -> list[FieldError]:
+    """GPU count, per-GPU memory and total GPU memory of ``count`` x ``sku`` vs ``preset``.
+
+    The SKU table gives memory in GB as Azure publishes it and presets in Gi; they are
+    compared number for number, as Kaito does (the table's figures are the GPUs' nominal
+    sizes, which are binary in practice: a "16 GB" V100 has 16 GiB).
+    """
+    errors = []
+    subject = (
+        f"instance type {sku.name} has"
+        if count == 1
+        else f"{count} x instance type {sku.name} have"
+    )
+    gpus = count * sku.gpus
+    if gpus < preset.gpus:
+        errors.append(
+            FieldError(
+                "resource.instanceType",
+                f"{subject} {_plural(gpus, 'GPU')}; preset {preset.name} needs "
+                f"{_plural(preset.gpus, 'GPU')}" + BYPASS_HINT,
+            )
+        )
+    per_gpu = sku.gpu_memory_per_gpu_gb
+    if per_gpu < preset.per_gpu_memory_gib:
+        errors.append(
+            FieldError(
+                "resource.instanceType",
+                f"instance type {sku.name} has {_gib(per_gpu)} of memory per GPU; preset "
+                f"{preset.name} needs {_gib(preset.per_gpu_memory_gib)} per GPU" + BYPASS_HINT,
+            )
+        )
+    total = count * sku.gpu_memory_gb
+    if total < preset.total_gpu_memory_gib:
+        errors.append(
+            FieldError(
+                "resource.instanceType",
+                f"{subject} {_gib(total)} of GPU memory in total; preset {preset.name} needs "
+                f"{_gib(preset.total_gpu_memory_gib)}" + BYPASS_HINT,
+            )
+        )
+    return errors
