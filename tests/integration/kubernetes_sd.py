@@ -73,12 +73,14 @@ def _workspace(body: Obj, namespace: str) -> Any:
 
 def inference_template(namespace: str = "default") -> tuple[str, Obj]:
     """The quick start Workspace's inference pod template: (workspace name, template)."""
+    from kaito.controllers.workspace.plan import resolve_plan
     from kaito.controllers.workspace.workload.inference import inference_objects
+    from kaito.presets.catalog import load_catalog
 
     ws = _workspace(
         yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text()), namespace
     )
-    for _, body in inference_objects(ws, revision="0" * 64):
+    for _, body in inference_objects(ws, resolve_plan(ws, load_catalog()), revision="0" * 64):
         if body["kind"] in ("Deployment", "StatefulSet"):
             return ws.metadata.name, dict(body["spec"]["template"])
     raise AssertionError("the quick start renders no workload")
@@ -86,7 +88,9 @@ def inference_template(namespace: str = "default") -> tuple[str, Obj]:
 
 def tuning_template(namespace: str = "default") -> tuple[str, Obj]:
     """A tuning Workspace's Job pod template: (workspace name, template)."""
+    from kaito.controllers.workspace.plan import resolve_plan
     from kaito.controllers.workspace.tuning.job import tuning_job
+    from kaito.presets.catalog import load_catalog
 
     ws = _workspace(
         {
@@ -104,7 +108,7 @@ def tuning_template(namespace: str = "default") -> tuple[str, Obj]:
         },
         namespace,
     )
-    _, job = tuning_job(ws, revision="0" * 64)
+    _, job = tuning_job(ws, resolve_plan(ws, load_catalog()), revision="0" * 64)
     return ws.metadata.name, dict(job["spec"]["template"])
 
 

@@ -2,7 +2,10 @@
 
 A preset turns a name in a Workspace (``phi-3-mini-4k-instruct``) into everything the
 controller needs: GPU count and memory for the webhook's checks, disk for the Machine,
-and the inference server's command line for the engine the node's GPU can run.
+and the inference server's command line for the engine the node's GPU can run. The
+`Catalog` carries the GPU SKU table (``skus.yaml``, `kaito.presets.skus`) beside the
+presets, so that one object answers both questions; the workspace controller is given
+one and resolves each reconcile's plan from it.
 
 The figures are data (``models.yaml`` beside this module), not code, so adding a model
 is a reviewed data change. The loader checks every entry when the catalog is first read
@@ -23,8 +26,8 @@ Engine choice (`select_runtime`), in order:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -33,16 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from kaito.api.workspace import Runtime
-from kaito.presets.skus import GpuSku
+from kaito.presets.skus import GpuSku, load_skus
 from kaito.runtime.quantity import quantity_gib
 
 __all__ = [
     "VLLM_MIN_COMPUTE_CAPABILITY",
     "Catalog",
+    "Defaults",
     "EngineParams",
     "Preset",
     "RuntimeChoice",
-    "get_preset",
     "inference_command",
     "load_catalog",
     "select_runtime",
@@ -127,12 +130,20 @@ class Defaults(_Data):
 
 @dataclass(frozen=True)
 class Catalog:
+    """The presets (``models.yaml``) and the GPU SKU table (``skus.yaml``) together."""
+
     defaults: Defaults
     presets: dict[str, Preset]
+    skus: Mapping[str, GpuSku] = field(default_factory=dict)
+    """VM sizes keyed lower-cased; empty means every size is unknown (CPU-only)."""
 
     def get(self, name: str) -> Preset | None:
         """The preset called ``name`` (any case), or None."""
         return self.presets.get(name.lower())
+
+    def sku(self, vm_size: str) -> GpuSku | None:
+        """The SKU for ``vm_size`` (any case), or None when the table does not know it."""
+        return self.skus.get(vm_size.lower())
 
     def names(self, *, include_deprecated: bool = False) -> list[str]:
         return sorted(n for n, p in self.presets.items() if include_deprecated or not p.deprecated)
@@ -147,8 +158,9 @@ def _merge_engine(default: EngineParams, given: Any) -> dict[str, Any]:
     return merged
 
 
-def parse_catalog(data: Any) -> Catalog:
-    """Check and build the catalog from ``models.yaml``'s content; errors name the entry."""
+def parse_catalog(data: Any, *, skus: Mapping[str, GpuSku] | None = None) -> Catalog:
+    """Check and build the catalog from ``models.yaml``'s content (and ``skus``, the SKU
+    table keyed lower-cased); errors name the entry."""
     if not isinstance(data, dict) or not isinstance(data.get("presets"), list):
         raise ValueError("models.yaml: expected a mapping with 'defaults' and a list 'presets'")
     try:
@@ -172,18 +184,14 @@ def parse_catalog(data: Any) -> Catalog:
         if preset.name in presets:
             raise ValueError(f"models.yaml: preset {preset.name} is listed twice")
         presets[preset.name] = preset
-    return Catalog(defaults=defaults, presets=presets)
+    return Catalog(defaults=defaults, presets=presets, skus=dict(skus or {}))
 
 
 @functools.cache
 def load_catalog() -> Catalog:
-    """The packaged catalog; read and checked once per process."""
+    """The packaged catalog with the packaged SKU table; read and checked once per process."""
     text = resources.files("kaito.presets").joinpath("models.yaml").read_text(encoding="utf-8")
-    return parse_catalog(yaml.safe_load(text))
-
-
-def get_preset(name: str) -> Preset | None:
-    return load_catalog().get(name)
+    return parse_catalog(yaml.safe_load(text), skus=load_skus())
 
 
 # -- runtime selection ----------------------------------------------------------------

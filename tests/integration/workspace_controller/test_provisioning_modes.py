@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from kaito.api.nodeclaim import NODECLAIMS
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.nodes.machines import machine_name
-from kaito.controllers.workspace.nodes.provisioning import NODECLAIMS, Mode, Provisioning
+from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES

@@ -249,3 +249,9 @@ def test_every_command_line_parses_with_the_inference_server(name: str, runtime:
     assert settings.served_model_name == name
     assert settings.max_model_len == preset.max_model_len
     assert settings.enable_lora is True
+
+
+def test_the_catalog_carries_the_sku_table() -> None:
+    cat = load_catalog()
+    assert cat.sku("standard_nc12s_v3") == get_sku("Standard_NC12s_v3")
+    assert cat.sku("Standard_D4s_v3") is None

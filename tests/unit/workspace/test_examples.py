@@ -10,8 +10,10 @@ import yaml
 
 from kaito.api.workspace import Workspace
 from kaito.controllers.workspace.admission.validation import validate
+from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
 from kaito.controllers.workspace.workload.inference import inference_objects
+from kaito.presets.catalog import load_catalog
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
 BODIES = {p.stem: yaml.safe_load(p.read_text()) for p in EXAMPLES}
@@ -33,8 +35,9 @@ async def test_example_is_admitted_and_builds(name: str) -> None:
     assert await validate(body, read_configmap=no_configmaps) == []
     ws = Workspace.model_validate(body)
     if ws.tuning is not None:
-        _, job = tuning_job(ws, revision="r")
+        _, job = tuning_job(ws, resolve_plan(ws, load_catalog()), revision="r")
         assert job["kind"] == "Job"
     else:
-        kinds = [b["kind"] for _, b in inference_objects(ws, revision="r")]
+        plan = resolve_plan(ws, load_catalog())
+        kinds = [b["kind"] for _, b in inference_objects(ws, plan, revision="r")]
         assert kinds[-1] == "Deployment"

@@ -1,4 +1,4 @@
-"""Machine names, shape and the MachineReady fold (pure functions)."""
+"""Machine and NodeClaim names, shape and the MachineReady fold (pure functions)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import re
 from typing import Any
 
 from kaito.api.machine import Machine
+from kaito.api.nodeclaim import NodeClaim
 from kaito.api.workspace import Workspace
 from kaito.controllers.workspace.nodes.machines import (
-    machine_body,
+    build_machine,
     machine_name,
+    manifest,
     summarize,
     workspace_of,
 )
+from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
 
 Obj = dict[str, Any]
 
@@ -31,13 +34,14 @@ def workspace(**resource: Any) -> Workspace:
     )
 
 
-def machine(name: str, ready: str | None = None, **extra: Any) -> Obj:
+def machine(name: str, ready: str | None = None, **extra: Any) -> Machine:
+    """A Machine as the cache holds it (a dict), read the way the controller reads it."""
     obj: Obj = {"metadata": {"name": name, **extra.pop("meta", {})}, "status": {}}
     if ready is not None:
         obj["status"]["conditions"] = [{"type": "Ready", "status": ready, **extra}]
         if ready == "True":
             obj["status"]["nodeName"] = f"node-{name}"
-    return obj
+    return Machine.model_validate(obj)
 
 
 def test_machine_names_are_deterministic_eleven_char_agent_pool_names() -> None:
@@ -50,8 +54,10 @@ def test_machine_names_are_deterministic_eleven_char_agent_pool_names() -> None:
 
 
 def test_machine_body_has_the_documented_shape_and_parses_as_a_machine() -> None:
-    body = machine_body(workspace(), 1, storage="80Gi")
+    body = manifest(build_machine(workspace(), 1, storage="80Gi"))
     name = machine_name("team-a", "phi", 1)
+    assert set(body) == {"apiVersion", "kind", "metadata", "spec"}  # no status: the provisioner's
+    assert (body["apiVersion"], body["kind"]) == ("karpenter.sh/v1alpha5", "Machine")
     assert body["metadata"] == {
         "name": name,
         "labels": {
@@ -74,11 +80,68 @@ def test_machine_body_has_the_documented_shape_and_parses_as_a_machine() -> None
     }
     assert body["spec"]["taints"] == [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}]
     assert body["spec"]["resources"] == {"requests": {"storage": "80Gi"}}
+    assert set(body["spec"]) == {"machineTemplateRef", "requirements", "taints", "resources"}
+
+
+def test_nodeclaim_body_has_karpenter_v1s_shape_and_parses_as_a_nodeclaim() -> None:
+    claim = Provisioning(Mode.NODECLAIM).build(workspace(), 0, storage="80Gi")
+    body = manifest(claim)
+    assert set(body) == {"apiVersion", "kind", "metadata", "spec"}
+    assert (body["apiVersion"], body["kind"]) == ("karpenter.sh/v1", "NodeClaim")
+    assert body["metadata"] == {
+        "name": machine_name("team-a", "phi", 0),
+        "labels": {
+            "karpenter.sh/nodepool": "kaito",
+            "kaito.sh/machine-type": "gpu",
+            "apps": "phi-3",
+            "kaito.sh/workspace": "phi",
+            "kaito.sh/workspacenamespace": "team-a",
+        },
+    }
+    assert body["spec"] == {
+        "nodeClassRef": {
+            "group": "karpenter.azure.com",
+            "kind": "AKSNodeClass",
+            "name": "image-family-ubuntu",
+        },
+        "requirements": [
+            {
+                "key": "node.kubernetes.io/instance-type",
+                "operator": "In",
+                "values": ["Standard_NC12s_v3"],
+            },
+            {"key": "karpenter.sh/nodepool", "operator": "In", "values": ["kaito"]},
+            {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+        ],
+        "taints": [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}],
+        "resources": {"requests": {"storage": "80Gi"}},
+    }
+    assert NodeClaim.model_validate(body) == claim
+
+
+def test_a_ready_nodeclaim_folds_like_a_ready_machine() -> None:
+    obj = {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodeClaim",
+        "metadata": {"name": "a"},
+        "spec": {"expireAfter": "720h"},  # Karpenter's own fields pass through unread
+        "status": {
+            "nodeName": "node-a",
+            "conditions": [
+                {"type": "Launched", "status": "True"},
+                {"type": "Ready", "status": "True", "reason": "Ready", "message": ""},
+            ],
+        },
+    }
+    claim = Provisioning(Mode.NODECLAIM).parse(obj)
+    assert isinstance(claim, NodeClaim)
+    s = summarize([claim], ["a"])
+    assert (s.status, s.reason, s.ready_nodes) == ("True", "MachinesReady", ("node-a",))
 
 
 def test_workspace_labels_cannot_be_overridden_by_match_labels() -> None:
     ws = workspace(labelSelector={"matchLabels": {"kaito.sh/workspace": "other"}})
-    assert machine_body(ws, 0, storage="1Gi")["metadata"]["labels"]["kaito.sh/workspace"] == "phi"
+    assert build_machine(ws, 0, storage="1Gi").metadata.labels["kaito.sh/workspace"] == "phi"
 
 
 def test_workspace_of_needs_both_labels() -> None:

@@ -3,20 +3,23 @@ and an error for the controller to retry with backoff.
 
 The integration tests cover the flow against a real apiserver; this fault (an apiserver
 that rejects a well-formed Machine, e.g. a policy webhook) is one a test cannot produce
-on demand there, so the client here is scripted.
+on demand there, so the client here is scripted. So is the reconciler's catalog in the
+last test: one without the Workspace's preset (a Workspace the webhook would refuse).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
 from kaito.controllers.workspace.workload.sync import WorkloadCaches
+from kaito.presets.catalog import Catalog, load_catalog
 from kaito.runtime.cache import Cache
 from kaito.runtime.errors import AlreadyExists, ApiError
-from kaito.runtime.reconcile import Request
+from kaito.runtime.reconcile import Request, TerminalError
 
 Obj = dict[str, Any]
 
@@ -48,7 +51,9 @@ class Recorder:
         self.events.append((str(type_), reason, message))
 
 
-def reconciler(client: ScriptedClient, recorder: Recorder) -> WorkspaceReconciler:
+def reconciler(
+    client: ScriptedClient, recorder: Recorder, catalog: Catalog | None = None
+) -> WorkspaceReconciler:
     workspaces = Cache()
     workspaces.upsert(
         {
@@ -65,6 +70,7 @@ def reconciler(client: ScriptedClient, recorder: Recorder) -> WorkspaceReconcile
     )
     return WorkspaceReconciler(
         client=client,  # type: ignore[arg-type]
+        catalog=catalog or load_catalog(),
         workspaces=workspaces,
         machines=Cache(),
         nodes=Cache(),
@@ -95,3 +101,15 @@ async def test_machines_that_exist_already_are_not_an_error() -> None:
     conds = {c["type"]: c for c in status_patch["status"]["conditions"]}
     assert conds["MachineReady"]["status"] == "Unknown"
     assert conds["ResourceReady"]["reason"] == "WaitingForNodes"
+
+
+async def test_a_preset_the_injected_catalog_lacks_stops_before_any_machine() -> None:
+    """The reconciler plans from the catalog it was given, not from the packaged one."""
+    client, recorder = ScriptedClient(AssertionError("no create expected")), Recorder()
+    without_presets = dataclasses.replace(load_catalog(), presets={})
+    with pytest.raises(TerminalError, match="not in the catalog"):
+        await reconciler(client, recorder, without_presets).reconcile(Request("ns", "phi"))
+    assert client.creates == []
+    (status_patch,) = [p for _, p, sub in client.patches if sub == "status"]
+    conds = {c["type"]: c for c in status_patch["status"]["conditions"]}
+    assert conds["ResourceReady"]["reason"] == "PresetNotFound"

@@ -8,13 +8,16 @@ from typing import Any
 import yaml
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
 from kaito.controllers.workspace.workload import podspec
 from kaito.controllers.workspace.workload.inference import inference_objects
+from kaito.presets.catalog import load_catalog
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STATEFULSETS
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 REV = "a" * 64
+CATALOG = load_catalog()
 
 Obj = dict[str, Any]
 
@@ -34,7 +37,7 @@ def by_kind(objs: list[tuple[Any, Obj]]) -> dict[str, Obj]:
 
 def test_quick_start_runs_a_deployment_with_all_gpus_probes_and_gpu_scheduling() -> None:
     ws = example("kaito_workspace_phi_3.yaml")
-    objs = inference_objects(ws, revision=REV)
+    objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
     assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, DEPLOYMENTS]
     kinds = by_kind(objs)
     dep = kinds["Deployment"]
@@ -100,7 +103,9 @@ def test_quick_start_runs_a_deployment_with_all_gpus_probes_and_gpu_scheduling()
 
 def test_adapter_image_gets_an_init_container_env_and_lora_flags() -> None:
     ws = example("kaito_workspace_phi_3_with_adapters.yaml")
-    pod = by_kind(inference_objects(ws, revision=REV))["Deployment"]["spec"]["template"]["spec"]
+    pod = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"][
+        "spec"
+    ]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["image"] == "myacr.azurecr.io/adapter:0.0.1"
     assert init["command"][-1] == (
@@ -123,7 +128,9 @@ def test_adapter_from_a_volume_is_mounted_read_only_under_its_name() -> None:
     }
     body["inference"]["adapters"][0]["strength"] = "0.5"
     ws2 = workspace(body)
-    pod = by_kind(inference_objects(ws2, revision=REV))["Deployment"]["spec"]["template"]["spec"]
+    pod = by_kind(inference_objects(ws2, resolve_plan(ws2, CATALOG), revision=REV))["Deployment"][
+        "spec"
+    ]["template"]["spec"]
     assert "initContainers" not in pod
     assert {"name": "adapter-0", "hostPath": {"path": "/srv/adapters/tuned"}} in pod["volumes"]
     (container,) = pod["containers"]
@@ -145,7 +152,7 @@ def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_
             "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
         }
     )
-    objs = inference_objects(ws, revision=REV)
+    objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
     assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, SERVICES, STATEFULSETS]
     main, headless, sts = objs[1][1], objs[2][1], objs[3][1]
     assert main["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "llama-70b-0"
@@ -166,7 +173,8 @@ def test_load_balancer_annotation_and_runtime_annotation() -> None:
     body = yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text())
     body["metadata"]["annotations"] = {"kaito.sh/enablelb": "True", "kaito.sh/runtime": "vllm"}
     body["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
-    kinds = by_kind(inference_objects(workspace(body), revision=REV))
+    ws = workspace(body)
+    kinds = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))
     assert kinds["Service"]["spec"]["type"] == "LoadBalancer"
     cmd = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[cmd.index("--engine") + 1] == "vllm"
@@ -189,7 +197,7 @@ def test_a_custom_template_keeps_its_containers_and_gains_gpu_scheduling() -> No
             },
         }
     )
-    objs = inference_objects(ws, revision=REV)
+    objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
     assert [r for r, _ in objs] == [SERVICES, DEPLOYMENTS]
     template = objs[1][1]["spec"]["template"]
     assert template["metadata"]["labels"]["team"] == "a"
@@ -200,9 +208,11 @@ def test_a_custom_template_keeps_its_containers_and_gains_gpu_scheduling() -> No
 
 def test_spec_hash_changes_with_the_revision_and_only_then() -> None:
     ws = example("kaito_workspace_phi_3.yaml")
-    one = by_kind(inference_objects(ws, revision=REV))["Deployment"]
-    again = by_kind(inference_objects(ws, revision=REV))["Deployment"]
-    other = by_kind(inference_objects(ws, revision="b" * 64))["Deployment"]
+    one = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"]
+    again = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"]
+    other = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision="b" * 64))[
+        "Deployment"
+    ]
     assert podspec.live_spec_hash(one) == podspec.live_spec_hash(again)
     assert podspec.live_spec_hash(one) != podspec.live_spec_hash(other)
 
@@ -232,7 +242,7 @@ def test_tuning_with_urls_downloads_then_pushes_with_a_sidecar() -> None:
         {"image": "myacr.azurecr.io/out:0.0.1", "imagePushSecret": "acr-secret"},
         config="my-training-config",
     )
-    res, job = tuning_job(ws, revision=REV)
+    res, job = tuning_job(ws, resolve_plan(ws, CATALOG), revision=REV)
     assert res is JOBS
     assert job["metadata"]["name"] == "tune-phi-3"
     assert job["spec"]["backoffLimit"] == 2
@@ -265,7 +275,7 @@ def test_tuning_with_volumes_mounts_them_and_runs_the_tuner_directly() -> None:
         {"volumeSource": {"hostPath": {"path": "/srv/data"}}},
         {"volumeSource": {"hostPath": {"path": "/srv/out"}}},
     )
-    _, job = tuning_job(ws, revision=REV)
+    _, job = tuning_job(ws, resolve_plan(ws, CATALOG), revision=REV)
     pod = job["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     (tuning,) = pod["containers"]

@@ -5,5 +5,6 @@
 - ``workload``: an inference Workspace's ConfigMap, Services and Deployment/StatefulSet;
 - ``tuning``: a tuning Workspace's Job;
 - ``status``: conditions and the verdicts folded from workloads and pods;
+- ``plan``: what one reconcile takes from the injected catalog (preset, SKU, engine, disk);
 - ``reconcile`` ties them together; ``app`` wires the manager; ``cli`` is the entrypoint.
 """

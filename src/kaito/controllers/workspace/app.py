@@ -33,6 +33,7 @@ from kaito.controllers.workspace.nodes import selection as nd
 from kaito.controllers.workspace.nodes.provisioning import NODECLAIM_READY, Provisioning
 from kaito.controllers.workspace.reconcile import WorkspaceReconciler
 from kaito.controllers.workspace.workload.sync import WORKLOAD_SELECTOR, WorkloadCaches
+from kaito.presets.catalog import Catalog, load_catalog
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
@@ -203,7 +204,10 @@ class WorkspaceController:
         manager_options: ManagerOptions | None = None,
         workers: int = 5,
         provisioning: Provisioning | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
+        """``catalog``: the presets and SKUs reconciles plan from (default: the packaged
+        ``models.yaml`` and ``skus.yaml``)."""
         provisioning = provisioning or Provisioning()
         register_once(STATE_COLLECTOR)
         self.manager = Manager(
@@ -223,6 +227,7 @@ class WorkspaceController:
 
         self.reconciler = WorkspaceReconciler(
             client=client,
+            catalog=catalog or load_catalog(),
             workspaces=workspaces.cache,
             machines=machines,
             nodes=nodes.cache,

@@ -6,7 +6,9 @@ and because it depends on nothing but the Workspace's identity and the node's in
 controller that restarts after creating some of them computes the same names again and
 creates only the ones that are missing: a restart never duplicates a node.
 
-Pure functions over raw objects; the reconciler does the I/O.
+The Machines are built as `kaito.api.machine.Machine` models and dumped once, by
+`manifest`, when they are created; what comes back from the cache is read as models
+too (`summarize`). Pure functions; the reconciler does the I/O.
 """
 
 from __future__ import annotations
@@ -16,25 +18,59 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kaito.api.machine import LABEL_INSTANCE_TYPE, MACHINES, ConditionType
+from kaito.api.machine import (
+    LABEL_INSTANCE_TYPE,
+    MACHINES,
+    Condition,
+    ConditionType,
+    Machine,
+    MachineSpec,
+    MachineTemplateRef,
+    NodeSelectorRequirement,
+    ObjectMeta,
+    ResourceRequirements,
+    Taint,
+)
+from kaito.api.nodeclaim import NodeClaim
 from kaito.api.workspace import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE, Workspace
 from kaito.runtime.meta import Obj
 
 __all__ = [
     "LABEL_MACHINE_TYPE",
     "LABEL_PROVISIONER_NAME",
+    "Claim",
     "MachineSummary",
-    "machine_body",
+    "build_machine",
+    "gpu_taint",
+    "in_requirement",
     "machine_name",
+    "manifest",
     "summarize",
     "workspace_of",
 ]
+
+Claim = Machine | NodeClaim
+"""A request for one node: a Machine, or a Karpenter NodeClaim (`provisioning`)."""
 
 
 LABEL_PROVISIONER_NAME = "karpenter.sh/provisioner-name"
 LABEL_MACHINE_TYPE = "kaito.sh/machine-type"
 PROVISIONER_NAME = "default"
-GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+
+
+def gpu_taint() -> Taint:
+    """``sku=gpu:NoSchedule``: only the Workspace's pods (which tolerate it) land there."""
+    return Taint(key="sku", value="gpu", effect="NoSchedule")
+
+
+def in_requirement(key: str, value: str) -> NodeSelectorRequirement:
+    return NodeSelectorRequirement(key=key, operator="In", values=[value])
+
+
+def manifest(claim: Claim) -> Obj:
+    """The body to create: exactly the fields the builder set (not the model's empty
+    defaults, such as a status, which are the provisioner's to write)."""
+    return claim.model_dump(by_alias=True, mode="json", exclude_unset=True)
 
 
 def machine_name(namespace: str, name: str, index: int) -> str:
@@ -57,42 +93,32 @@ def workspace_of(obj: Obj) -> tuple[str, str] | None:
     return namespace, name
 
 
-def machine_body(ws: Workspace, index: int, *, storage: str) -> Obj:
-    """The Machine for node ``index`` of ``ws`` (WORKSPACE.md, reconcile step 3)."""
+def build_machine(ws: Workspace, index: int, *, storage: str) -> Machine:
+    """The Machine for node ``index`` of ``ws`` (WORKSPACE.md, reconcile step 3);
+    ``storage`` is the plan's disk."""
     name = machine_name(ws.metadata.namespace, ws.metadata.name, index)
     labels = {
         LABEL_PROVISIONER_NAME: PROVISIONER_NAME,
         **ws.resource.label_selector.match_labels,
         **workspace_labels(ws),
     }
-
-    def req(key: str, value: str) -> Obj:
-        return {"key": key, "operator": "In", "values": [value]}
-
-    return {
-        "apiVersion": MACHINES.api_version,
-        "kind": MACHINES.kind,
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "machineTemplateRef": {"name": name},
-            "requirements": [
-                req(LABEL_INSTANCE_TYPE, ws.resource.instance_type),
-                req(LABEL_PROVISIONER_NAME, PROVISIONER_NAME),
-                req(LABEL_MACHINE_TYPE, "gpu"),
-                req("kubernetes.io/arch", "amd64"),
-                req("kubernetes.io/os", "linux"),
+    return Machine(
+        api_version=MACHINES.api_version,
+        kind=MACHINES.kind,
+        metadata=ObjectMeta(name=name, labels=labels),
+        spec=MachineSpec(
+            machine_template_ref=MachineTemplateRef(name=name),
+            requirements=[
+                in_requirement(LABEL_INSTANCE_TYPE, ws.resource.instance_type),
+                in_requirement(LABEL_PROVISIONER_NAME, PROVISIONER_NAME),
+                in_requirement(LABEL_MACHINE_TYPE, "gpu"),
+                in_requirement("kubernetes.io/arch", "amd64"),
+                in_requirement("kubernetes.io/os", "linux"),
             ],
-            "taints": [dict(GPU_TAINT)],
-            "resources": {"requests": {"storage": storage}},
-        },
-    }
-
-
-def _ready(machine: Obj) -> Obj | None:
-    for cond in machine.get("status", {}).get("conditions") or ():
-        if cond.get("type") == ConditionType.READY:
-            return dict(cond)
-    return None
+            taints=[gpu_taint()],
+            resources=ResourceRequirements(requests={"storage": storage}),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,23 +132,23 @@ class MachineSummary:
     """Node names of Ready, not deleting Machines, in Machine-name order."""
 
 
-def summarize(machines: Iterable[Obj], wanted: Sequence[str]) -> MachineSummary:
-    """Fold the Machines' ``Ready`` conditions: any False -> False with the first failed
-    Machine's reason and message (the provisioner's words, e.g. QuotaExceeded); all of
-    ``wanted`` Ready -> True; otherwise Unknown (still provisioning)."""
-    by_name = {m["metadata"]["name"]: m for m in machines}
+def summarize(claims: Iterable[Claim], wanted: Sequence[str]) -> MachineSummary:
+    """Fold the Machines' (or NodeClaims') ``Ready`` conditions: any False -> False with
+    the first failed one's reason and message (the provisioner's words, e.g.
+    QuotaExceeded); all of ``wanted`` Ready -> True; otherwise Unknown (provisioning)."""
+    by_name = {m.metadata.name: m for m in claims}
     ready_nodes: list[str] = []
-    failed: tuple[str, Obj] | None = None
+    failed: tuple[str, Condition] | None = None
     pending: list[str] = []
     for name in sorted(by_name):
-        machine = by_name[name]
-        cond = _ready(machine)
-        node = machine.get("status", {}).get("nodeName")
-        if machine["metadata"].get("deletionTimestamp"):
+        claim = by_name[name]
+        cond = claim.condition(ConditionType.READY)
+        node = claim.status.node_name
+        if claim.metadata.deletion_timestamp is not None:
             pending.append(name)
-        elif cond is not None and cond.get("status") == "True" and node:
+        elif cond is not None and cond.status == "True" and node:
             ready_nodes.append(node)
-        elif cond is not None and cond.get("status") == "False":
+        elif cond is not None and cond.status == "False":
             failed = failed or (name, cond)
             pending.append(name)
         else:
@@ -130,8 +156,8 @@ def summarize(machines: Iterable[Obj], wanted: Sequence[str]) -> MachineSummary:
     missing = [n for n in wanted if n not in by_name]
     if failed is not None:
         name, cond = failed
-        reason = cond.get("reason") or "MachineNotReady"
-        detail = cond.get("message") or "no message"
+        reason = cond.reason or "MachineNotReady"
+        detail = cond.message or "no message"
         return MachineSummary(
             "False", reason, f"Machine {name} is not ready: {detail}", tuple(ready_nodes)
         )

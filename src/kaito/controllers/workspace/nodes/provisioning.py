@@ -11,8 +11,8 @@ Machines and NodeClaims share everything that matters here: a deterministic
 instance-type requirement, the ``sku=gpu:NoSchedule`` taint, a storage request, and a
 ``Ready`` condition plus ``status.nodeName`` filled in by their provisioner. So the
 reconciler handles "claims" of either kind the same way; this module says which kind,
-what its body looks like, and which condition mirrors it on the Workspace
-(``MachineReady`` or ``NodeClaimReady``).
+what it looks like (a typed `Machine` or `NodeClaim`), how to read one from the cache,
+and which condition mirrors it on the Workspace (``MachineReady`` or ``NodeClaimReady``).
 
 In ``byo`` mode the controller never creates a node: qualifying nodes (Ready, the
 instance type, matching ``labelSelector``; ``preferredNodes`` first) count, and while
@@ -25,23 +25,32 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from kaito.api.machine import LABEL_INSTANCE_TYPE, MACHINES
+from kaito.api.machine import (
+    LABEL_INSTANCE_TYPE,
+    MACHINES,
+    Machine,
+    ObjectMeta,
+    ResourceRequirements,
+)
+from kaito.api.nodeclaim import (
+    LABEL_NODEPOOL,
+    NODECLAIMS,
+    NodeClaim,
+    NodeClaimSpec,
+    NodeClassReference,
+)
 from kaito.api.workspace import ConditionType, Workspace
 from kaito.controllers.workspace.nodes import machines as mach
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import Resource
 
-__all__ = ["NODECLAIMS", "Mode", "Provisioning", "nodeclaim_body"]
+__all__ = ["NODECLAIM_READY", "Mode", "Provisioning", "build_nodeclaim"]
 
 
-NODECLAIMS = Resource("karpenter.sh", "v1", "nodeclaims", "NodeClaim", namespaced=False)
-NODEPOOL_LABEL = "karpenter.sh/nodepool"
 NODEPOOL = "kaito"
-NODE_CLASS_REF = {
-    "group": "karpenter.azure.com",
-    "kind": "AKSNodeClass",
-    "name": "image-family-ubuntu",
-}
+NODE_CLASS_GROUP = "karpenter.azure.com"
+NODE_CLASS_KIND = "AKSNodeClass"
+NODE_CLASS = "image-family-ubuntu"
 NODECLAIM_READY = "NodeClaimReady"
 
 
@@ -51,34 +60,33 @@ class Mode(enum.StrEnum):
     BYO = "byo"
 
 
-def nodeclaim_body(ws: Workspace, index: int, *, storage: str) -> Obj:
-    """The NodeClaim for node ``index`` of ``ws`` (Karpenter v1's shape)."""
+def build_nodeclaim(ws: Workspace, index: int, *, storage: str) -> NodeClaim:
+    """The NodeClaim for node ``index`` of ``ws`` (Karpenter v1's shape); ``storage`` is
+    the plan's disk."""
     name = mach.machine_name(ws.metadata.namespace, ws.metadata.name, index)
     labels = {
-        NODEPOOL_LABEL: NODEPOOL,
+        LABEL_NODEPOOL: NODEPOOL,
         mach.LABEL_MACHINE_TYPE: "gpu",
         **ws.resource.label_selector.match_labels,
         **mach.workspace_labels(ws),
     }
-
-    def req(key: str, value: str) -> Obj:
-        return {"key": key, "operator": "In", "values": [value]}
-
-    return {
-        "apiVersion": NODECLAIMS.api_version,
-        "kind": NODECLAIMS.kind,
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "nodeClassRef": dict(NODE_CLASS_REF),
-            "requirements": [
-                req(LABEL_INSTANCE_TYPE, ws.resource.instance_type),
-                req(NODEPOOL_LABEL, NODEPOOL),
-                req("kubernetes.io/os", "linux"),
+    return NodeClaim(
+        api_version=NODECLAIMS.api_version,
+        kind=NODECLAIMS.kind,
+        metadata=ObjectMeta(name=name, labels=labels),
+        spec=NodeClaimSpec(
+            node_class_ref=NodeClassReference(
+                group=NODE_CLASS_GROUP, kind=NODE_CLASS_KIND, name=NODE_CLASS
+            ),
+            requirements=[
+                mach.in_requirement(LABEL_INSTANCE_TYPE, ws.resource.instance_type),
+                mach.in_requirement(LABEL_NODEPOOL, NODEPOOL),
+                mach.in_requirement("kubernetes.io/os", "linux"),
             ],
-            "taints": [dict(mach.GPU_TAINT)],
-            "resources": {"requests": {"storage": storage}},
-        },
-    }
+            taints=[mach.gpu_taint()],
+            resources=ResourceRequirements(requests={"storage": storage}),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,14 @@ class Provisioning:
     def kind(self) -> str:
         return self.resource.kind if self.resource is not None else "node"
 
-    def body(self, ws: Workspace, index: int, *, storage: str) -> Obj:
+    def build(self, ws: Workspace, index: int, *, storage: str) -> mach.Claim:
+        """The Machine or NodeClaim for node ``index`` of ``ws``."""
         if self.mode is Mode.NODECLAIM:
-            return nodeclaim_body(ws, index, storage=storage)
-        return mach.machine_body(ws, index, storage=storage)
+            return build_nodeclaim(ws, index, storage=storage)
+        return mach.build_machine(ws, index, storage=storage)
+
+    def parse(self, obj: Obj) -> mach.Claim:
+        """A claim as read from the cache or the apiserver, as its model."""
+        if self.mode is Mode.NODECLAIM:
+            return NodeClaim.model_validate(obj)
+        return Machine.model_validate(obj)

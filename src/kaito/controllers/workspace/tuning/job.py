@@ -1,6 +1,6 @@
 """The Job a tuning Workspace runs as (WORKSPACE.md, reconcile step 6).
 
-    resource, job = tuning_job(ws, revision=rev)
+    resource, job = tuning_job(ws, plan, revision=rev)
 
 A ``batch/v1`` Job named after the Workspace, one pod on the Workspace's GPU node:
 
@@ -31,8 +31,8 @@ from __future__ import annotations
 import copy
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace.plan import WorkspacePlan
 from kaito.controllers.workspace.workload import podspec
-from kaito.presets.catalog import get_preset
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import JOBS, Resource
 
@@ -159,15 +159,14 @@ def _tuning_command(ws: Workspace, *, pushes: bool) -> list[str]:
     ]
 
 
-def tuning_job(ws: Workspace, *, revision: str) -> tuple[Resource, Obj]:
-    """The tuning Job of ``ws``, carrying its spec hash. Raises ValueError for a preset
-    the catalog does not have."""
+def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Resource, Obj]:
+    """The tuning Job of ``ws``, carrying its spec hash; the preset (the model image) and
+    the GPUs per pod come from the reconcile's ``plan``."""
     assert ws.tuning is not None
     assert ws.tuning.preset is not None
     spec = ws.tuning.preset
-    preset = get_preset(spec.name)
-    if preset is None:
-        raise ValueError(f"preset {spec.name} is not in the catalog")
+    preset = plan.preset
+    assert preset is not None, "resolve_plan resolves a tuning Workspace's preset"
     options = spec.options
     image = options.image if spec.access_mode == "private" and options.image else preset.image
     in_volumes, in_mounts, inits = _input_parts(ws, image)
@@ -183,7 +182,7 @@ def tuning_job(ws: Workspace, *, revision: str) -> tuple[Resource, Obj]:
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": _tuning_command(ws, pushes=bool(sidecars)),
-        "resources": podspec.gpu_resources(podspec.gpus_per_node(ws, preset)),
+        "resources": podspec.gpu_resources(plan.gpus_per_node),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -1,6 +1,9 @@
 """The objects an inference Workspace runs as (WORKSPACE.md, reconcile step 5).
 
-    objs = inference_objects(ws, revision=rev)     # [(Resource, body), ...] in apply order
+    objs = inference_objects(ws, plan, revision=rev)   # [(Resource, body), ...] in apply order
+
+The preset, the engine, the GPUs per pod and the catalog's command line come from the
+reconcile's `WorkspacePlan`; nothing here looks anything up.
 
 - ConfigMap ``<ws>-inference-params`` with ``inference_config.yaml`` holding the engine
   parameters the command line uses (what runs, readable with ``kubectl get cm``), unless
@@ -32,22 +35,14 @@ from dataclasses import dataclass
 
 import yaml
 
-from kaito.api.workspace import ANNOTATION_REVISION, ANNOTATION_RUNTIME, Runtime, Workspace
+from kaito.api.workspace import ANNOTATION_REVISION, Runtime, Workspace
+from kaito.controllers.workspace.plan import WorkspacePlan
 from kaito.controllers.workspace.workload import podspec
-from kaito.presets.catalog import (
-    Preset,
-    RuntimeChoice,
-    get_preset,
-    inference_command,
-    load_catalog,
-    select_runtime,
-)
-from kaito.presets.skus import get_sku
+from kaito.presets.catalog import Preset, RuntimeChoice, inference_command
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, SERVICES, STATEFULSETS, Resource
 
 __all__ = [
-    "ADAPTERS_DIR",
     "CONFIG_DIR",
     "CONFIG_FILE",
     "HTTP_PORT",
@@ -64,7 +59,6 @@ SERVICE_PORT = 80
 TORCH_PORT = 29500
 CONFIG_DIR = "/mnt/config"
 CONFIG_FILE = "inference_config.yaml"
-ADAPTERS_DIR = load_catalog().defaults.adapters_dir
 WORKLOAD_CONTAINER = "inference"
 ANNOTATION_ENGINE = "kaito.sh/runtime-selected"
 """On the pod template: the engine that runs and why (``vllm: default engine``)."""
@@ -75,11 +69,12 @@ STARTUP_FAILURES = 180
 
 @dataclass(frozen=True)
 class InferencePlan:
-    """Everything decided about a preset Workspace's server before building objects."""
+    """The server's part of the plan: what the reconcile's `WorkspacePlan` and the
+    Workspace decide about a preset's inference server, before any object is built."""
 
+    workspace: WorkspacePlan
     preset: Preset
     runtime: RuntimeChoice
-    gpus_per_node: int
     stateful: bool
     """A StatefulSet (one model across ``count`` nodes) rather than a Deployment."""
     image: str
@@ -97,34 +92,25 @@ def headless_name(ws: Workspace) -> str:
     return f"{ws.metadata.name}-headless"
 
 
-def plan_inference(ws: Workspace) -> InferencePlan | None:
-    """The plan for a preset Workspace; None for a custom template. Raises ValueError
-    for a preset the catalog does not have."""
+def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
+    """The server's plan for a preset Workspace; None for a custom template."""
     assert ws.inference is not None
     spec = ws.inference.preset
     if spec is None:
         return None
-    preset = get_preset(spec.name)
-    if preset is None:
-        raise ValueError(f"preset {spec.name} is not in the catalog")
-    sku = get_sku(ws.resource.instance_type)
-    adapters = ws.inference.adapters
-    choice = select_runtime(
-        preset,
-        sku,
-        requested=ws.metadata.annotations.get(ANNOTATION_RUNTIME),
-        adapter_strengths=[a.strength for a in adapters],
-    )
+    preset, choice = plan.preset, plan.runtime
+    assert preset is not None, "resolve_plan resolves an inference preset"
+    assert choice is not None, "resolve_plan chooses an inference preset's engine"
     options = spec.options
     image = options.image if spec.access_mode == "private" and options.image else preset.image
     secrets = [*options.image_pull_secrets]
-    for adapter in adapters:
+    for adapter in ws.inference.adapters:
         if adapter.source is not None:
             secrets += adapter.source.image_pull_secrets
     return InferencePlan(
+        workspace=plan,
         preset=preset,
         runtime=choice,
-        gpus_per_node=podspec.gpus_per_node(ws, preset),
         stateful=preset.distributed and ws.resource.count > 1,
         image=image,
         pull_secrets=tuple(dict.fromkeys(s for s in secrets if s)),
@@ -153,21 +139,24 @@ def _probes() -> Obj:
     }
 
 
-def _adapter_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]:
-    """(volumes, main-container mounts, init containers, env) for the adapters."""
+def _adapter_parts(
+    ws: Workspace, adapters_dir: str
+) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]:
+    """(volumes, main-container mounts, init containers, env) for the adapters, which
+    live under ``adapters_dir`` (the catalog's, where the server looks for them)."""
     assert ws.inference is not None
     adapters = ws.inference.adapters
     if not adapters:
         return [], [], [], []
     volumes: list[Obj] = [{"name": "adapters", "emptyDir": {}}]
-    mounts: list[Obj] = [{"name": "adapters", "mountPath": ADAPTERS_DIR}]
+    mounts: list[Obj] = [{"name": "adapters", "mountPath": adapters_dir}]
     inits: list[Obj] = []
     env: list[Obj] = []
     for i, adapter in enumerate(adapters):
         source = adapter.source
         if source is None:
             continue
-        target = f"{ADAPTERS_DIR}/{source.name}"
+        target = f"{adapters_dir}/{source.name}"
         if source.volume_source:
             volume = f"adapter-{i}"
             volumes.append({"name": volume, **copy.deepcopy(source.volume_source)})
@@ -179,7 +168,7 @@ def _adapter_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj], list
                     "image": source.image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["/bin/sh", "-c", f"mkdir -p {target} && cp -r /data/. {target}/"],
-                    "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_DIR}],
+                    "volumeMounts": [{"name": "adapters", "mountPath": adapters_dir}],
                 }
             )
         env.append({"name": source.name, "value": adapter.strength or "1.0"})
@@ -203,15 +192,18 @@ def _engine_config(plan: InferencePlan) -> str:
 
 def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
     assert ws.inference is not None
-    adapter_volumes, adapter_mounts, inits, env = _adapter_parts(ws)
+    adapter_volumes, adapter_mounts, inits, env = _adapter_parts(
+        ws, plan.workspace.defaults.adapters_dir
+    )
     shm, shm_mount = podspec.shm_volume()
     command = inference_command(
         plan.preset,
         runtime=plan.runtime.runtime,
-        sku=get_sku(ws.resource.instance_type),
+        sku=plan.workspace.sku,
         node_count=ws.resource.count if plan.stateful else 1,
         adapter_count=len(ws.inference.adapters),
         config_file=f"{CONFIG_DIR}/{CONFIG_FILE}",
+        catalog=plan.workspace.catalog,
     )
     ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if plan.stateful:
@@ -222,7 +214,7 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "ports": ports,
-        "resources": podspec.gpu_resources(plan.gpus_per_node),
+        "resources": podspec.gpu_resources(plan.workspace.gpus_per_node),
         **_probes(),
         "volumeMounts": [
             shm_mount,
@@ -351,22 +343,24 @@ def _services(ws: Workspace, plan: InferencePlan | None) -> list[Obj]:
     return [main, headless]
 
 
-def inference_objects(ws: Workspace, *, revision: str) -> list[tuple[Resource, Obj]]:
+def inference_objects(
+    ws: Workspace, plan: WorkspacePlan, *, revision: str
+) -> list[tuple[Resource, Obj]]:
     """Every object of an inference Workspace, each carrying its spec hash."""
-    plan = plan_inference(ws)
+    server = plan_inference(ws, plan)
     out: list[tuple[Resource, Obj]] = []
-    if plan is not None and plan.generated_config:
+    if server is not None and server.generated_config:
         out.append(
             (
                 CONFIGMAPS,
                 {
                     "apiVersion": "v1",
                     "kind": "ConfigMap",
-                    "metadata": podspec.object_meta(ws, plan.config_map),
-                    "data": {CONFIG_FILE: _engine_config(plan)},
+                    "metadata": podspec.object_meta(ws, server.config_map),
+                    "data": {CONFIG_FILE: _engine_config(server)},
                 },
             )
         )
-    out += [(SERVICES, svc) for svc in _services(ws, plan)]
-    out.append(_workload(ws, plan, revision))
+    out += [(SERVICES, svc) for svc in _services(ws, server)]
+    out.append(_workload(ws, server, revision))
     return [(res, podspec.with_spec_hash(body)) for res, body in out]

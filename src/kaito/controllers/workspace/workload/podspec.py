@@ -7,8 +7,8 @@
   the controller provisioned or counted carry those labels), required pod anti-affinity
   on ``kaito.sh/workspace`` over ``kubernetes.io/hostname`` (one pod per node),
   tolerations for the GPU nodes' taints (``sku=gpu:NoSchedule`` and ``nvidia.com/gpu``);
-- ``nvidia.com/gpu`` requests and limits of the node's GPU count (the SKU's): one pod
-  uses all of its node's GPUs;
+- ``nvidia.com/gpu`` requests and limits of the node's GPU count (the plan's
+  ``gpus_per_node``, the SKU's): one pod uses all of its node's GPUs;
 - ``/dev/shm`` as an in-memory emptyDir (PyTorch's shared memory for data loaders and
   NCCL; the container runtime's 64 MiB default is far too small);
 - a ``spec-hash`` annotation on each object, the hash of what the controller wants it
@@ -31,14 +31,12 @@ from kaito.api.workspace import (
     Workspace,
 )
 from kaito.controllers.workspace.nodes.selection import GPU_RESOURCE
-from kaito.presets.catalog import Preset
-from kaito.presets.skus import get_sku
 from kaito.runtime.meta import Obj
 
 __all__ = [
     "ANNOTATION_SPEC_HASH",
     "GPU_TOLERATIONS",
-    "gpus_per_node",
+    "gpu_resources",
     "object_meta",
     "owner_reference",
     "pod_labels",
@@ -89,16 +87,6 @@ def object_meta(ws: Workspace, name: str, **annotations: str) -> Obj:
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
-
-
-def gpus_per_node(ws: Workspace, preset: Preset | None) -> int:
-    """The SKU's GPU count; for a size outside the SKU table, the preset's share per node."""
-    sku = get_sku(ws.resource.instance_type)
-    if sku is not None:
-        return sku.gpus
-    if preset is not None and preset.gpus > 0:
-        return max(1, -(-preset.gpus // ws.resource.count))
-    return 1
 
 
 def gpu_resources(gpus: int) -> Obj:

@@ -1,8 +1,8 @@
 """Keep a Workspace's workload as wanted and fold its state into conditions (steps 5-7).
 
     sync = WorkloadSync(client=..., caches=WorkloadCaches(...), recorder=..., field_manager=...)
-    await sync.inference(ws, obj, status, revision=rev, resources_ready=True)
-    await sync.tuning(ws, obj, status, revision=rev, resources_ready=True)
+    await sync.inference(ws, obj, status, plan=plan, revision=rev, resources_ready=True)
+    await sync.tuning(ws, obj, status, plan=plan, revision=rev, resources_ready=True)
 
 Writes are server-side applies (field manager ``workspace-controller``, forced: the
 controller owns these objects), made only when the live object's ``kaito.sh/spec-hash``
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
+from kaito.controllers.workspace.plan import WorkspacePlan
 from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
 from kaito.controllers.workspace.status.readiness import Verdict, inference_verdict, job_verdicts
 from kaito.controllers.workspace.tuning.job import tuning_job
@@ -125,19 +126,14 @@ class WorkloadSync:
         obj: Obj,
         status: WorkspaceStatusDraft,
         *,
+        plan: WorkspacePlan,
         revision: str,
         resources_ready: bool,
     ) -> None:
         workload: Obj | None = None
         kind = "Deployment"
         if resources_ready:
-            try:
-                objects = inference_objects(ws, revision=revision)
-            except ValueError as e:
-                status.set(INFERENCE_READY, "False", "PresetNotFound", str(e))
-                _workspace_ready(status)
-                return
-            for res, body in objects:
+            for res, body in inference_objects(ws, plan, revision=revision):
                 live = await self._apply(ws, obj, res, body)
                 if res in (DEPLOYMENTS, STATEFULSETS):
                     workload, kind = live, res.kind
@@ -170,17 +166,13 @@ class WorkloadSync:
         obj: Obj,
         status: WorkspaceStatusDraft,
         *,
+        plan: WorkspacePlan,
         revision: str,
         resources_ready: bool,
     ) -> None:
         job = self.caches.jobs.get_by_name(ws.metadata.name, ws.metadata.namespace)
         if resources_ready:
-            try:
-                _res, body = tuning_job(ws, revision=revision)
-            except ValueError as e:
-                for type_ in (JOB_STARTED, WORKSPACE_READY, WORKSPACE_SUCCEEDED):
-                    status.set(type_, "False", "PresetNotFound", str(e))
-                return
+            _res, body = tuning_job(ws, plan, revision=revision)
             job = await self._sync_job(ws, obj, job, body)
         if job is None and not resources_ready:
             waiting = Verdict(

@@ -1,0 +1,97 @@
+"""What a reconcile decides about a Workspace before it builds anything: its plan.
+
+    plan = resolve_plan(ws, catalog)     # PresetNotFound for a preset the catalog lacks
+
+The preset, the instance type's SKU, the engine and the disk are looked up once, at the
+top of a reconcile, in the `Catalog` the controller was given (the packaged
+``models.yaml`` and ``skus.yaml``, or a test's own), and the plan is passed down to the
+pure builders: the Machines or NodeClaims (disk), the inference objects (preset, engine,
+GPUs, the catalog's command line and directories) and the tuning Job (preset, GPUs).
+So no builder reaches for a module-level catalog, and every builder of one reconcile
+sees the same answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kaito.api.workspace import ANNOTATION_RUNTIME, PresetSpec, Workspace
+from kaito.presets.catalog import Catalog, Defaults, Preset, RuntimeChoice, select_runtime
+from kaito.presets.skus import GpuSku
+
+__all__ = ["DEFAULT_DISK", "PresetNotFound", "WorkspacePlan", "resolve_plan"]
+
+
+DEFAULT_DISK = "100Gi"
+"""The Machines' disk when the Workspace runs a custom template (no preset to ask)."""
+
+
+class PresetNotFound(ValueError):
+    """The Workspace names a preset the catalog does not have (the webhook refuses these,
+    so it means the webhook was bypassed or the catalog shrank under a live Workspace)."""
+
+
+@dataclass(frozen=True)
+class WorkspacePlan:
+    """Everything a reconcile of one Workspace takes from the catalog."""
+
+    catalog: Catalog
+    """The catalog the plan was resolved from: its defaults build the command line."""
+    preset: Preset | None
+    """The inference or tuning preset; None for a custom inference template."""
+    sku: GpuSku | None
+    """The instance type's SKU; None for a VM size the table does not know."""
+    runtime: RuntimeChoice | None
+    """The engine an inference preset runs on, and why; None for tuning and templates."""
+    disk: str
+    """The OS disk each Machine/NodeClaim asks for: the preset's, or `DEFAULT_DISK`."""
+    gpus_per_node: int
+    """``nvidia.com/gpu`` of each pod: the SKU's GPUs (one pod uses all of its node's);
+    for a size outside the table, the preset's share per node; else 1."""
+
+    @property
+    def defaults(self) -> Defaults:
+        return self.catalog.defaults
+
+
+def _preset_spec(ws: Workspace) -> PresetSpec | None:
+    if ws.inference is not None:
+        return ws.inference.preset
+    if ws.tuning is not None:
+        return ws.tuning.preset
+    return None
+
+
+def _gpus_per_node(ws: Workspace, preset: Preset | None, sku: GpuSku | None) -> int:
+    if sku is not None:
+        return sku.gpus
+    if preset is not None and preset.gpus > 0:
+        return max(1, -(-preset.gpus // ws.resource.count))
+    return 1
+
+
+def resolve_plan(ws: Workspace, catalog: Catalog) -> WorkspacePlan:
+    """The plan of ``ws``; raises `PresetNotFound` for a preset ``catalog`` lacks."""
+    spec = _preset_spec(ws)
+    preset = catalog.get(spec.name) if spec is not None else None
+    if spec is not None and preset is None:
+        raise PresetNotFound(
+            f"preset {spec.name} is not in the catalog; pick one the webhook accepts"
+        )
+    sku = catalog.sku(ws.resource.instance_type)
+    runtime = None
+    if preset is not None and ws.inference is not None:
+        runtime = select_runtime(
+            preset,
+            sku,
+            requested=ws.metadata.annotations.get(ANNOTATION_RUNTIME),
+            adapter_strengths=[a.strength for a in ws.inference.adapters],
+        )
+    return WorkspacePlan(
+        catalog=catalog,
+        preset=preset,
+        sku=sku,
+        runtime=runtime,
+        disk=preset.disk if preset is not None else DEFAULT_DISK,
+        gpus_per_node=_gpus_per_node(ws, preset, sku),
+    )
