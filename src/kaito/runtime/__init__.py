@@ -34,7 +34,7 @@ from kaito.runtime.handler import (
 from kaito.runtime.informer import Informer
 from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
 from kaito.runtime.manager import CacheSyncTimeout, ControllerBuilder, Manager, ManagerOptions
-from kaito.runtime.meta import Obj
+from kaito.runtime.meta import ApiModel, Condition, Obj, ObjectMeta
 from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import (
     AnnotationChanged,
@@ -63,12 +63,14 @@ __all__ = [
     "AlreadyExists",
     "AnnotationChanged",
     "ApiError",
+    "ApiModel",
     "BucketRateLimiter",
     "Cache",
     "CacheSyncTimeout",
     "Client",
     "ClientConfig",
     "Clock",
+    "Condition",
     "ConditionStatus",
     "Conflict",
     "Controller",
@@ -92,6 +94,7 @@ __all__ = [
     "MaxOfRateLimiter",
     "NotFound",
     "Obj",
+    "ObjectMeta",
     "PatchType",
     "Predicate",
     "QueueShutDown",

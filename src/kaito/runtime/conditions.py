@@ -21,14 +21,12 @@ Two styles of condition are written in this project, and the class attributes ch
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from kaito.runtime.meta import Obj
+from kaito.runtime.meta import ConditionStatus, Obj
 from kaito.runtime.timestamps import now_rfc3339, parse_rfc3339
 
 __all__ = ["ConditionStatus", "StatusDraft"]
-
-ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class StatusDraft:
