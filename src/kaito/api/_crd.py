@@ -11,12 +11,17 @@ pydantic emits JSON Schema 2020-12. `structural_schema` bridges the two:
 - ``$ref`` / ``$defs`` are inlined (Kubernetes allows no references);
 - ``Optional[X]`` (``anyOf: [X, null]``) becomes ``X``: absence, not null, means unset;
 - ``title`` is dropped, and so are model (class) docstrings: those explain the code to
-  developers; field ``description`` is what ``kubectl explain`` shows users;
+  developers; field ``description`` is what ``kubectl explain`` shows users (whitespace
+  folded to one line, reST ``literals`` unquoted: attribute docstrings are written for
+  both readers);
 - defaults are kept only for non-empty scalars (``count: 1``); an empty list, map or
   string default would only make the apiserver write noise into every object;
 - a free-form ``dict[str, Any]`` becomes ``x-kubernetes-preserve-unknown-fields``;
 - JSON Schema's numeric ``exclusiveMinimum``/``exclusiveMaximum`` become OpenAPI 3.0's
-  ``minimum`` + boolean flag.
+  ``minimum`` + boolean flag; ``const`` (a one-value ``Literal``) becomes an ``enum``;
+- the one union Kubernetes takes, ``x-kubernetes-int-or-string`` (a quantity), keeps
+  its ``anyOf: [integer, string]``;
+- the root's ``metadata`` is ``type: object`` and never required: the apiserver owns it.
 
 Anything else the bridge does not understand raises, so a new pydantic construct fails
 the generator instead of producing a schema the apiserver rejects at install time.
@@ -72,6 +77,10 @@ def structural_schema(model: type[BaseModel]) -> Schema:
     return root
 
 
+def _description(text: str) -> str:
+    return " ".join(text.split()).replace("``", "")
+
+
 def _resolve(ref: str, defs: Mapping[str, Schema]) -> Schema:
     prefix = "#/$defs/"
     if not ref.startswith(prefix) or ref[len(prefix) :] not in defs:
@@ -88,8 +97,12 @@ def _convert(node: Schema, defs: Mapping[str, Schema], *, path: str) -> Schema:
         ref = node.pop("$ref")
         node = {**_resolve(ref, defs), **node}
         node.pop("title", None)
+    int_or_string = node.get("x-kubernetes-int-or-string") is True
+    int_or_string_types = sorted(b.get("type", "") for b in node.get("anyOf", ()))
+    if int_or_string and int_or_string_types != ["integer", "string"]:
+        raise ValueError(f"{path}: int-or-string must be anyOf integer and string")
     for combinator in ("anyOf", "oneOf"):
-        if combinator in node:
+        if combinator in node and not (int_or_string and combinator == "anyOf"):
             branches = [b for b in node.pop(combinator) if b.get("type") != "null"]
             if len(branches) != 1:
                 raise ValueError(f"{path}: unions are not structural ({combinator})")
@@ -100,6 +113,10 @@ def _convert(node: Schema, defs: Mapping[str, Schema], *, path: str) -> Schema:
             raise ValueError(f"{path}: allOf with several branches is not structural")
         node = {**_convert(branches[0], defs, path=path), **node}
 
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "description" in node:
+        node["description"] = _description(node["description"])
     if "default" in node and not _keep_default(node["default"]):
         del node["default"]
     for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -112,7 +129,8 @@ def _convert(node: Schema, defs: Mapping[str, Schema], *, path: str) -> Schema:
     if node.get("x-kubernetes-preserve-unknown-fields") and "type" not in node:
         node["type"] = "object"
 
-    unknown = set(node) - _PASSTHROUGH - {"exclusiveMinimum", "exclusiveMaximum"}
+    allowed = _PASSTHROUGH | {"exclusiveMinimum", "exclusiveMaximum"}
+    unknown = set(node) - allowed - ({"anyOf"} if int_or_string else set())
     if unknown:
         raise ValueError(f"{path}: schema keywords Kubernetes does not take: {sorted(unknown)}")
     if "properties" in node:
@@ -169,11 +187,15 @@ class PrinterColumn:
     json_path: str
     type: str = "string"
     description: str = ""
+    priority: int = 0
+    """0: always shown; 1: only with ``kubectl get -o wide``."""
 
     def to_dict(self) -> Schema:
         out: Schema = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
         if self.description:
             out["description"] = self.description
+        if self.priority:
+            out["priority"] = self.priority
         return out
 
 
@@ -204,6 +226,8 @@ class CrdSpec:
     categories: Sequence[str] = ()
     status_subresource: bool = True
     printer_columns: Sequence[PrinterColumn] = field(default_factory=tuple)
+    description: str = ""
+    """What ``kubectl explain <kind>`` says about the kind (default: nothing)."""
 
 
 def custom_resource_definition(spec: CrdSpec, model: type[BaseModel]) -> Schema:
@@ -211,7 +235,8 @@ def custom_resource_definition(spec: CrdSpec, model: type[BaseModel]) -> Schema:
 
     Conversion strategy None: the versions are the same schema under different names
     (the apiserver only rewrites ``apiVersion``), so no conversion webhook is needed.
-    The root's ``metadata`` is reduced to ``type: object``: the apiserver owns its schema.
+    The root's ``metadata`` is reduced to ``type: object`` and dropped from ``required``:
+    the apiserver owns its schema.
     """
     if spec.storage_version not in spec.versions:
         raise ValueError(f"storage version {spec.storage_version} is not among {spec.versions}")
@@ -223,6 +248,13 @@ def custom_resource_definition(spec: CrdSpec, model: type[BaseModel]) -> Schema:
     ordered = {k: props[k] for k in ("apiVersion", "kind", "metadata")}
     ordered.update({k: v for k, v in props.items() if k not in ordered})
     schema["properties"] = ordered
+    required = [r for r in schema.get("required", ()) if r != "metadata"]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    if spec.description:
+        schema = _ordered({**schema, "description": spec.description})
     names: Schema = {
         "kind": spec.kind,
         "listKind": f"{spec.kind}List",

@@ -11,6 +11,9 @@ generated from the model so the two can never disagree:
 The CRD schema is deliberately permissive about the things the provisioner validates
 itself (a bad name, a missing instance type, zero storage): those Machines must be
 admitted so that they can carry a condition that says what is wrong with them.
+
+``ObjectMeta`` and ``Condition`` are the runtime's (`kaito.runtime.meta`), shared with
+the Workspace; they are part of this contract and importable from here.
 """
 
 from __future__ import annotations
@@ -22,16 +25,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
-from pydantic.alias_generators import to_camel
+from pydantic import Field, WithJsonSchema
 
-from kaito.api._crd import write_or_check
+from kaito.api._crd import (
+    AGE_COLUMN,
+    CrdSpec,
+    PrinterColumn,
+    condition_column,
+    custom_resource_definition,
+    to_yaml,
+    write_or_check,
+)
+from kaito.runtime.meta import ApiModel, Condition, ObjectMeta
 from kaito.runtime.resource import Resource
 
 __all__ = [
     "ANNOTATION_NODE_IMAGE_FAMILY",
     "CRD_PATH",
+    "CRD_SPEC",
     "GROUP",
     "LABEL_INITIALIZED",
     "LABEL_INSTANCE_TYPE",
@@ -101,16 +112,7 @@ Quantity = Annotated[
 # -- the model -------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        use_attribute_docstrings=True,
-    )
-
-
-class NodeSelectorRequirement(_Model):
+class NodeSelectorRequirement(ApiModel):
     """A node selector requirement: a key, an operator and values."""
 
     key: str
@@ -121,7 +123,7 @@ class NodeSelectorRequirement(_Model):
     """The values; for ``node.kubernetes.io/instance-type`` the first is the VM size."""
 
 
-class Taint(_Model):
+class Taint(ApiModel):
     """A taint to put on the Node."""
 
     key: str
@@ -130,15 +132,15 @@ class Taint(_Model):
     time_added: datetime | None = None
 
 
-class ResourceRequirements(_Model):
-    """Resources the node must offer."""
+class ResourceRequirements(ApiModel):
+    """corev1.ResourceRequirements, requests only: limits mean nothing for a node."""
 
     requests: dict[str, Quantity] = Field(default_factory=dict)
     """Requested resources; ``storage`` is the OS disk size of the node."""
 
 
-class KubeletConfiguration(_Model):
-    """Kubelet settings for the node (optional; passed through)."""
+class KubeletConfiguration(ApiModel):
+    """karpenter's kubelet settings; parsed so that they survive, not acted on here."""
 
     cluster_dns: list[str] | None = Field(default=None, alias="clusterDNS")
     max_pods: int | None = None
@@ -156,16 +158,16 @@ class KubeletConfiguration(_Model):
     cpu_cfs_quota: bool | None = Field(default=None, alias="cpuCFSQuota")
 
 
-class MachineTemplateRef(_Model):
-    """The provider-specific template the Machine was made from."""
+class MachineTemplateRef(ApiModel):
+    """karpenter's reference to a provider template (Kaito names it after the Machine)."""
 
     api_version: str | None = None
     kind: str | None = None
     name: str
 
 
-class MachineSpec(_Model):
-    """The node the Machine asks for."""
+class MachineSpec(ApiModel):
+    """Written by the workspace controller, read by the provisioner."""
 
     requirements: list[NodeSelectorRequirement] = Field(default_factory=list)
     """Node selector requirements; the VM size is the first value of
@@ -176,26 +178,15 @@ class MachineSpec(_Model):
     """Taints put on the Node at registration that something else removes; the Machine
     is not initialized until they are gone."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """Resources the node must offer."""
     kubelet: KubeletConfiguration | None = None
+    """Kubelet settings for the node (optional; passed through)."""
     machine_template_ref: MachineTemplateRef | None = None
+    """The provider-specific template the Machine was made from."""
 
 
-class Condition(_Model):
-    """One observation of the Machine's state."""
-
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    severity: str | None = None
-    """Error or Warning for failures; empty for True."""
-    last_transition_time: datetime | None = None
-    reason: str | None = None
-    """One UpperCamelCase word (``QuotaExceeded``)."""
-    message: str | None = None
-    """For humans: what happened, quoting Azure where Azure said it."""
-
-
-class MachineStatus(_Model):
-    """What the provisioner observed; written only by the provisioner."""
+class MachineStatus(ApiModel):
+    """Written by the provisioner only, through the status subresource."""
 
     provider_id: str | None = Field(default=None, alias="providerID")
     """The Node's spec.providerID."""
@@ -204,30 +195,19 @@ class MachineStatus(_Model):
     capacity: dict[str, Quantity] = Field(default_factory=dict)
     allocatable: dict[str, Quantity] = Field(default_factory=dict)
     conditions: list[Condition] = Field(default_factory=list)
+    """Launched, Registered, Initialized and the Ready they add up to (knative style)."""
 
 
-class ObjectMeta(_Model):
-    """The part of metadata the operator reads (the CRD leaves metadata to the apiserver)."""
-
-    name: str
-    uid: str | None = None
-    resource_version: str | None = None
-    generation: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    finalizers: list[str] = Field(default_factory=list)
-    creation_timestamp: datetime | None = None
-    deletion_timestamp: datetime | None = None
-
-
-class Machine(_Model):
-    """Machine is the Schema for the Machines API: one node of a given VM size."""
+class Machine(ApiModel):
+    """A Machine as the apiserver stores it (`CRD_SPEC` says what ``kubectl explain`` does)."""
 
     api_version: str = f"{GROUP}/{VERSION}"
     kind: str = "Machine"
     metadata: ObjectMeta
     spec: MachineSpec = Field(default_factory=MachineSpec)
+    """The node the Machine asks for."""
     status: MachineStatus = Field(default_factory=MachineStatus)
+    """What the provisioner observed; written only by the provisioner."""
 
     @property
     def name(self) -> str:
@@ -252,135 +232,49 @@ class Machine(_Model):
         return cond is not None and cond.status == "True"
 
 
-# -- CRD generation --------------------------------------------------------------------
+# -- the CRD --------------------------------------------------------------------------
 
-_DROP = frozenset({"title", "default", "examples"})
-_ROOT_FIELDS: dict[str, Any] = {
-    "apiVersion": {
-        "description": "APIVersion defines the versioned schema of this representation of "
-        "an object.",
-        "type": "string",
-    },
-    "kind": {
-        "description": "Kind is a string value representing the REST resource this object "
-        "represents.",
-        "type": "string",
-    },
-    "metadata": {"type": "object"},
-}
+CRD_SPEC = CrdSpec(
+    group=GROUP,
+    kind="Machine",
+    plural="machines",
+    singular="machine",
+    versions=(VERSION,),
+    storage_version=VERSION,
+    scope="Cluster",
+    categories=("karpenter",),
+    description="Machine is the Schema for the Machines API: one node of a given VM size.",
+    printer_columns=(
+        PrinterColumn(
+            name="Type",
+            json_path=f'.spec.requirements[?(@.key=="{LABEL_INSTANCE_TYPE}")].values[0]',
+        ),
+        condition_column("Ready", ConditionType.READY),
+        PrinterColumn(name="Node", json_path=".status.nodeName"),
+        AGE_COLUMN,
+        PrinterColumn(
+            name="Reason",
+            json_path=f'.status.conditions[?(@.type=="{ConditionType.READY}")].reason',
+            priority=1,
+        ),
+    ),
+)
 
-
-def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema node as a Kubernetes structural schema node.
-
-    Inlines ``$ref``, turns ``X | None`` into ``X`` (absent means None), drops titles and
-    defaults (the apiserver must not default what the controllers treat as "unset").
-    """
-    if "$ref" in node:
-        out = _structural(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
-        if "description" in node:
-            out["description"] = " ".join(node["description"].split()).replace("``", "")
-        return out
-    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        if len(options) != 1:
-            raise ValueError(f"a CRD schema cannot express this union: {node['anyOf']}")
-        out = _structural(options[0], defs)
-        if "description" in node:
-            out["description"] = " ".join(node["description"].split()).replace("``", "")
-        return out
-    out = {}
-    for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "description":
-            out[key] = " ".join(value.split()).replace("``", "")
-            continue
-        if key == "properties":
-            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = _structural(value, defs)
-        elif key == "const":
-            out["enum"] = [value]
-        else:
-            out[key] = value
-    return out
-
-
-def openapi_schema() -> dict[str, Any]:
-    """The Machine's openAPIV3Schema, generated from the model."""
-    schema = Machine.model_json_schema(by_alias=True, mode="validation")
-    defs = schema.pop("$defs", {})
-    root = _structural(schema, defs)
-    root["properties"] = {**root["properties"], **_ROOT_FIELDS}
-    root["properties"] = {
-        k: root["properties"][k] for k in ("apiVersion", "kind", "metadata", "spec", "status")
-    }
-    root.pop("required", None)
-    return root
-
-
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition for Machines."""
-    instance_type = f'.spec.requirements[?(@.key=="{LABEL_INSTANCE_TYPE}")].values[0]'
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"machines.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "categories": ["karpenter"],
-                "kind": "Machine",
-                "listKind": "MachineList",
-                "plural": "machines",
-                "singular": "machine",
-            },
-            "scope": "Cluster",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Type", "type": "string", "jsonPath": instance_type},
-                        {
-                            "name": "Ready",
-                            "type": "string",
-                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-                        },
-                        {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {
-                            "name": "Reason",
-                            "type": "string",
-                            "priority": 1,
-                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-                        },
-                    ],
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                }
-            ],
-        },
-    }
-
-
-_HEADER = (
-    "# Generated from kaito.api.machine by `python -m kaito.api.machine`; do not edit.\n"
-    "# `python -m kaito.api.machine --check` (a unit test) fails when this file is stale.\n"
+CRD_HEADER = (
+    "Generated by `python -m kaito.api.machine` from the pydantic models in\n"
+    "src/kaito/api/machine.py; do not edit.\n"
+    "`python -m kaito.api.machine --check` (a unit test) fails when this file is stale."
 )
 
 
-class _NoAliasDumper(yaml.SafeDumper):
-    """Writes shared sub-schemas out in full: a CRD is read by people, not parsers only."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+def crd() -> dict[str, Any]:
+    """The Machine CustomResourceDefinition."""
+    return custom_resource_definition(CRD_SPEC, Machine)
 
 
 def crd_yaml() -> str:
-    return _HEADER + yaml.dump(crd(), Dumper=_NoAliasDumper, sort_keys=False, width=100)
+    """The committed ``deploy/crds/karpenter.sh_machines.yaml``, byte for byte."""
+    return to_yaml(crd(), header=CRD_HEADER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,5 +283,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover - the generator's entry point
     sys.exit(main())

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from kaito.api._crd import (
     AGE_COLUMN,
@@ -36,6 +35,7 @@ from kaito.api._crd import (
     to_yaml,
     write_or_check,
 )
+from kaito.runtime.meta import ApiModel, Condition, ObjectMeta
 from kaito.runtime.resource import Resource
 
 GROUP = "kaito.sh"
@@ -96,38 +96,13 @@ def _truthy(value: str | None) -> bool:
 # -- models ---------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    """camelCase on the wire; unknown fields ignored (the apiserver prunes them anyway)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-class ObjectMeta(_Model):
-    """The parts of metav1.ObjectMeta the operator reads; the rest is kept as extra."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
-
-    name: str = ""
-    namespace: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    uid: str = ""
-    resource_version: str = ""
-    generation: int = 0
-    finalizers: list[str] = Field(default_factory=list)
-    deletion_timestamp: str | None = None
-
-
-class LabelSelectorRequirement(_Model):
+class LabelSelectorRequirement(ApiModel):
     key: str = Field(description="The label key that the selector applies to.")
     operator: str = Field(description="In, NotIn, Exists or DoesNotExist.")
     values: list[str] = Field(default_factory=list, description="The values for In/NotIn.")
 
 
-class LabelSelector(_Model):
+class LabelSelector(ApiModel):
     """metav1.LabelSelector."""
 
     match_labels: dict[str, str] = Field(
@@ -138,7 +113,7 @@ class LabelSelector(_Model):
     )
 
 
-class ResourceSpec(_Model):
+class ResourceSpec(ApiModel):
     """How many GPU nodes of which size; short ones are provisioned as Machines."""
 
     count: int = Field(default=1, ge=1, description="The number of GPU nodes. Defaults to 1.")
@@ -155,7 +130,7 @@ class ResourceSpec(_Model):
     )
 
 
-class PresetOptions(_Model):
+class PresetOptions(ApiModel):
     image: str = Field(
         default="", description="The model image; required when accessMode is private."
     )
@@ -164,7 +139,7 @@ class PresetOptions(_Model):
     )
 
 
-class PresetSpec(_Model):
+class PresetSpec(ApiModel):
     """A model from the preset catalog, by name."""
 
     name: str = Field(description="The preset's name, e.g. phi-3-mini-4k-instruct.")
@@ -181,7 +156,7 @@ class PresetSpec(_Model):
         return self.preset_options or PresetOptions()
 
 
-class DataSource(_Model):
+class DataSource(ApiModel):
     """Where data comes from: exactly one of urls, image, volumeSource."""
 
     name: str = Field(
@@ -199,7 +174,7 @@ class DataSource(_Model):
     )
 
 
-class DataDestination(_Model):
+class DataDestination(ApiModel):
     """Where tuning output goes: exactly one of image (with imagePushSecret), volumeSource."""
 
     volume_source: dict[str, Any] | None = Field(
@@ -213,7 +188,7 @@ class DataDestination(_Model):
     )
 
 
-class AdapterSpec(_Model):
+class AdapterSpec(ApiModel):
     source: DataSource | None = Field(default=None, description="Where the adapter comes from.")
     strength: str | None = Field(
         default=None,
@@ -221,7 +196,7 @@ class AdapterSpec(_Model):
     )
 
 
-class InferenceSpec(_Model):
+class InferenceSpec(ApiModel):
     """Serve a model: exactly one of preset and template."""
 
     preset: PresetSpec | None = Field(default=None, description="A catalog model, served by KAITO.")
@@ -239,7 +214,7 @@ class InferenceSpec(_Model):
     )
 
 
-class TuningSpec(_Model):
+class TuningSpec(ApiModel):
     """Fine-tune a preset model and publish the adapter."""
 
     preset: PresetSpec | None = Field(default=None, description="The base model to tune.")
@@ -251,33 +226,30 @@ class TuningSpec(_Model):
     output: DataDestination | None = Field(default=None, description="Where the adapter goes.")
 
 
-class Condition(_Model):
-    """metav1.Condition."""
-
-    type: str = Field(description="The condition's type, e.g. ResourceReady.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="A CamelCase word for the last transition.")
-    message: str = Field(description="What happened and what to do about it.")
-    last_transition_time: str = Field(
-        description="When the status last changed.", json_schema_extra={"format": "date-time"}
-    )
-    observed_generation: int | None = Field(
-        default=None, description="The .metadata.generation the condition was set for."
-    )
+METAV1_CONDITION_REQUIRED = ("type", "status", "reason", "message", "lastTransitionTime")
+"""What metav1.Condition requires; the shared `Condition` model also reads knative-style
+conditions (the Machine's), which may omit the last three, so it requires only two."""
 
 
-class WorkspaceStatus(_Model):
+def _metav1_condition_list(schema: dict[str, Any]) -> None:
+    """The conditions list's schema: a map keyed by type, of metav1-strict items."""
+    schema["x-kubernetes-list-type"] = "map"
+    schema["x-kubernetes-list-map-keys"] = ["type"]
+    schema["items"]["required"] = list(METAV1_CONDITION_REQUIRED)
+
+
+class WorkspaceStatus(ApiModel):
     worker_nodes: list[str] = Field(
         default_factory=list, description="The nodes the workload runs on."
     )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="The workspace's conditions.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        json_schema_extra=_metav1_condition_list,
     )
 
 
-class Workspace(_Model):
+class Workspace(ApiModel):
     """A Workspace object as the apiserver stores it."""
 
     api_version: str = Field(default=f"{GROUP}/{STORAGE_VERSION}")

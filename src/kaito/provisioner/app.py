@@ -18,17 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kaito.api.machine import MACHINES
+from kaito.api.machine import MACHINES, Machine
 from kaito.provisioner.azure import AgentPoolAPI
 from kaito.provisioner.config import ProvisionerConfig
+from kaito.provisioner.context import TOKEN_ANNOTATION
 from kaito.provisioner.gc import GC_REQUEST, GarbageCollector
-from kaito.provisioner.lifecycle import (
-    AGENTPOOL_INDEX,
-    TOKEN_ANNOTATION,
-    MachineLifecycle,
-    machine_state,
-)
+from kaito.provisioner.lifecycle import MachineLifecycle, machine_state
 from kaito.provisioner.metrics import STATE_COLLECTOR, register_metrics
+from kaito.provisioner.nodes import AGENTPOOL_INDEX
 from kaito.provisioner.pool import agentpool_of
 from kaito.runtime.client import Client
 from kaito.runtime.manager import Manager, ManagerOptions
@@ -144,7 +141,9 @@ class Provisioner:
 
     def _states(self) -> Iterable[str]:
         managed = self.lifecycle.is_managed
-        return [machine_state(m) for m in self._machines.all() if managed(m)]
+        return [
+            machine_state(Machine.model_validate(m)) for m in self._machines.all() if managed(m)
+        ]
 
     async def run(self) -> None:
         """Run until `stop` (graceful) or cancellation."""

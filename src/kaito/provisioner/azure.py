@@ -21,15 +21,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Protocol
 
 import structlog
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import AzureError as SdkAzureError
 from azure.core.exceptions import ResourceNotFoundError
 from azure.mgmt.containerservice.models import AgentPool as SdkAgentPool
@@ -45,7 +42,6 @@ __all__ = [
     "AzureAgentPoolAPI",
     "AzureError",
     "ErrorReason",
-    "StaticTokenCredential",
     "classify",
 ]
 
@@ -146,59 +142,6 @@ class AgentPoolAPI(Protocol):
     async def close(self) -> None: ...
 
 
-# -- credentials -------------------------------------------------------------------------
-
-
-class StaticTokenCredential:
-    """An async credential that always returns one bearer token.
-
-    For the AKS emulator only (it accepts any token): production uses
-    ``WorkloadIdentityCredential`` / ``DefaultAzureCredential`` (see `make_credential`).
-    """
-
-    def __init__(self, token: str, *, lifetime: float = 3600.0) -> None:
-        self._token = token
-        self._lifetime = lifetime
-
-    async def get_token(
-        self,
-        *scopes: str,
-        claims: str | None = None,
-        tenant_id: str | None = None,
-        enable_cae: bool = False,
-        **kwargs: Any,
-    ) -> AccessToken:
-        return AccessToken(self._token, int(time.time() + self._lifetime))
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticTokenCredential:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> None:
-        return None
-
-
-def make_credential(static_token: str | None = None) -> Any:
-    """The process's credential: a static token (emulator), workload identity when its
-    federated token file is configured, else ``DefaultAzureCredential`` (managed identity)."""
-    import os
-
-    if static_token:
-        return StaticTokenCredential(static_token)
-    from azure.identity.aio import DefaultAzureCredential, WorkloadIdentityCredential
-
-    if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
-        return WorkloadIdentityCredential()
-    return DefaultAzureCredential()
-
-
 # -- the SDK implementation -----------------------------------------------------------------
 
 
@@ -239,7 +182,7 @@ class AzureAgentPoolAPI:
     """`AgentPoolAPI` on ``azure-mgmt-containerservice``'s async client.
 
     Args:
-        credential: an async token credential (`make_credential`).
+        credential: an async token credential (`kaito.provisioner.credentials`).
         base_url: the ARM endpoint; default ``https://management.azure.com``.
         ca_file: a CA bundle to verify ``base_url`` with (the emulator's); default the
             system store.

@@ -72,7 +72,8 @@ def cmd_gpu_provisioner(args: argparse.Namespace) -> int:
 
 async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) -> int:
     from kaito.provisioner.app import Provisioner
-    from kaito.provisioner.azure import AzureAgentPoolAPI, make_credential
+    from kaito.provisioner.azure import AzureAgentPoolAPI
+    from kaito.provisioner.credentials import make_credential
     from kaito.runtime.client import Client, ClientConfig
 
     credential = make_credential(config.arm_static_token)

@@ -6,11 +6,18 @@ carry severity ``Error``; empty reasons are omitted). A Machine adds the derived
 ``Ready``: True when MachineLaunched, MachineRegistered and MachineInitialized all are,
 False (with the failing one's reason and message) when one of them is False, Unknown
 otherwise.
+
+`MachineStatusDraft.of` is where a Machine model's status becomes the working copy: the
+draft edits the status as the apiserver sent it, not as the model's defaults would fill
+it in (a ``reason: ""`` the server never had would be a change no one made, and a
+status write on every reconcile).
 """
 
 from __future__ import annotations
 
-from kaito.api.machine import ConditionType
+from typing import Self
+
+from kaito.api.machine import ConditionType, Machine
 from kaito.runtime.conditions import ConditionStatus, StatusDraft
 
 __all__ = ["MachineStatusDraft"]
@@ -24,6 +31,11 @@ class MachineStatusDraft(StatusDraft):
     omit_empty = True
     default_false_severity = "Error"
     condition_order = (*_PARTS, ConditionType.READY)
+
+    @classmethod
+    def of(cls, machine: Machine) -> Self:
+        """A draft of ``machine``'s status: the fields the apiserver sent, by alias."""
+        return cls(machine.status.model_dump(by_alias=True, exclude_unset=True, mode="json"))
 
     def set(
         self,

@@ -24,10 +24,10 @@ from collections.abc import Callable
 
 import structlog
 
-from kaito.api.machine import MACHINES, ConditionType
+from kaito.api.machine import ConditionType, Machine
 from kaito.provisioner.azure import AgentPoolAPI, AzureError
-from kaito.provisioner.conditions import MachineStatusDraft
-from kaito.provisioner.lifecycle import AGENTPOOL_INDEX
+from kaito.provisioner.context import MachineContext, MachineWriter
+from kaito.provisioner.nodes import AGENTPOOL_INDEX
 from kaito.provisioner.pool import LABEL_CREATION_TIMESTAMP, is_kaito_pool, parse_creation_timestamp
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
@@ -61,7 +61,7 @@ class GarbageCollector:
         self.machines = machines
         self.nodes = nodes
         self.api = api
-        self.recorder = recorder
+        self.writer = MachineWriter(client=client, recorder=recorder)
         self.interval = interval
         self.min_age = min_age
         self.is_managed = is_managed
@@ -77,12 +77,11 @@ class GarbageCollector:
 
     async def collect(self) -> tuple[list[str], list[str]]:
         """One sweep; returns (pools deleted, Machines deleted)."""
+        managed = [Machine.model_validate(m) for m in self.machines.all() if self.is_managed(m)]
         launched_before = {
-            m["metadata"]["name"]: m
-            for m in self.machines.all()
-            if self.is_managed(m)
-            and not m["metadata"].get("deletionTimestamp")
-            and MachineStatusDraft(m.get("status")).is_true(ConditionType.LAUNCHED)
+            m.name: m
+            for m in managed
+            if m.metadata.deletion_timestamp is None and m.is_true(ConditionType.LAUNCHED)
         }
         pools = {p.name: p for p in await self.api.list()}
         machines_after = set(self.machines.keys())
@@ -110,26 +109,18 @@ class GarbageCollector:
             deleted_machines.append(name)
         return deleted_pools, deleted_machines
 
-    async def _retire(self, machine: Obj) -> None:
-        name = machine["metadata"]["name"]
-        draft = MachineStatusDraft(machine.get("status"))
+    async def _retire(self, machine: Machine) -> None:
+        name = machine.name
+        ctx = MachineContext.read(machine, log=log.bind(machine=name, pool=name))
         message = f"agent pool {name} no longer exists; deleting the Machine so that it is replaced"
-        draft.set(ConditionType.LAUNCHED, "False", "AgentPoolNotFound", message)
+        ctx.status.set(ConditionType.LAUNCHED, "False", "AgentPoolNotFound", message)
         try:
-            await self.client.patch(
-                MACHINES,
-                name,
-                {
-                    "metadata": {"resourceVersion": machine["metadata"]["resourceVersion"]},
-                    "status": draft.data,
-                },
-                subresource="status",
-            )
-            self.recorder.event(machine, EventType.WARNING, "AgentPoolNotFound", message)
-            await self.client.delete(MACHINES, name)
+            await self.writer.write_status(ctx)
+            self.writer.event(ctx.machine, EventType.WARNING, "AgentPoolNotFound", message)
+            await self.writer.delete(ctx.machine)
         except NotFound:
             return
         except ApiError as e:  # changed under us: the next sweep decides again
-            log.info("machine changed during garbage collection", machine=name, error=str(e))
+            ctx.log.info("machine changed during garbage collection", error=str(e))
             return
-        log.warning("machine deleted: its agent pool vanished", machine=name, pool=name)
+        ctx.log.warning("machine deleted: its agent pool vanished")

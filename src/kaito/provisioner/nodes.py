@@ -20,8 +20,10 @@ from kaito.runtime.meta import Obj
 from kaito.runtime.nodes import node_ready
 from kaito.runtime.quantity import parse_quantity
 
-__all__ = ["NodeChange", "initialization_gaps", "plan_registration"]
+__all__ = ["AGENTPOOL_INDEX", "NodeChange", "initialization_gaps", "plan_registration"]
 
+AGENTPOOL_INDEX = "agentpool"
+"""The Node cache index on the agent-pool label (a Machine's Node is its pool's)."""
 GPU = "nvidia.com/gpu"
 _NOT_NODE_RESOURCES = frozenset({"storage", "ephemeral-storage"})
 EPHEMERAL_TAINTS = frozenset(

@@ -37,7 +37,7 @@ from kaito.runtime.handler import (
 from kaito.runtime.informer import Informer
 from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector
 from kaito.runtime.manager import CacheSyncTimeout, ControllerBuilder, Manager, ManagerOptions
-from kaito.runtime.meta import Obj
+from kaito.runtime.meta import ApiModel, Condition, Obj, ObjectMeta
 from kaito.runtime.nodes import node_ready
 from kaito.runtime.predicate import (
     AnnotationChanged,
@@ -67,6 +67,7 @@ __all__ = [
     "AlreadyExists",
     "AnnotationChanged",
     "ApiError",
+    "ApiModel",
     "Backoff",
     "BucketRateLimiter",
     "Cache",
@@ -74,6 +75,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "Clock",
+    "Condition",
     "ConditionStatus",
     "Conflict",
     "Controller",
@@ -97,6 +99,7 @@ __all__ = [
     "MaxOfRateLimiter",
     "NotFound",
     "Obj",
+    "ObjectMeta",
     "PatchType",
     "Predicate",
     "QueueShutDown",

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from kaito.runtime.meta import Obj
+from kaito.runtime.meta import ConditionStatus, Obj
 from kaito.runtime.timestamps import now_rfc3339, parse_rfc3339
 
 __all__ = ["ConditionStatus", "StatusDraft"]
-
-ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class StatusDraft:

@@ -29,8 +29,9 @@ import yaml
 
 from kaito.api.machine import CRD_PATH, MACHINES
 from kaito.provisioner.app import Provisioner
-from kaito.provisioner.azure import AzureAgentPoolAPI, StaticTokenCredential
+from kaito.provisioner.azure import AzureAgentPoolAPI
 from kaito.provisioner.config import ProvisionerConfig
+from kaito.provisioner.credentials import StaticTokenCredential
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.provisioner.emulator.nodes import node_resource_group
 from kaito.runtime.client import Client

@@ -15,8 +15,8 @@ from kaito.provisioner.azure import (
     AzureAgentPoolAPI,
     AzureError,
     ErrorReason,
-    StaticTokenCredential,
 )
+from kaito.provisioner.credentials import StaticTokenCredential
 from kaito.provisioner.emulator import AKSEmulator, Fault, FaultKind, Op
 from kaito.runtime.client import Client
 

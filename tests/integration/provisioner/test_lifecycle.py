@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from kaito.api.machine import LABEL_INITIALIZED, LABEL_REGISTERED, TERMINATION_FINALIZER
+from kaito.provisioner.context import TOKEN_ANNOTATION
 from kaito.provisioner.emulator import Op
-from kaito.provisioner.lifecycle import TOKEN_ANNOTATION
 from kaito.runtime.client import Client
 from kaito.runtime.resource import NODES
 

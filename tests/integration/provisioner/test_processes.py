@@ -24,7 +24,7 @@ import pytest
 
 from kaito.api.machine import MACHINES
 from kaito.dev.controlplane import free_port
-from kaito.provisioner.lifecycle import TOKEN_ANNOTATION
+from kaito.provisioner.context import TOKEN_ANNOTATION
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import NODES

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from kaito.api.machine import MACHINES
+from kaito.provisioner.context import TOKEN_ANNOTATION
 from kaito.provisioner.emulator import Op
-from kaito.provisioner.lifecycle import TOKEN_ANNOTATION
 from kaito.runtime.client import Client
 
 from .conftest import Rig, emulator_nodes

@@ -140,11 +140,13 @@ def test_initialization_waits_for_ready_taints_and_gpus() -> None:
 
 
 def test_machine_state_for_the_metric() -> None:
-    def with_conditions(**conds: str) -> Obj:
-        return {
-            "metadata": {"name": "x"},
-            "status": {"conditions": [{"type": t, "status": s} for t, s in conds.items()]},
-        }
+    def with_conditions(**conds: str) -> Machine:
+        return Machine.model_validate(
+            {
+                "metadata": {"name": "x"},
+                "status": {"conditions": [{"type": t, "status": s} for t, s in conds.items()]},
+            }
+        )
 
     assert machine_state(with_conditions()) == "launching"
     assert machine_state(with_conditions(MachineLaunched="False")) == "failed"
@@ -154,4 +156,26 @@ def test_machine_state_for_the_metric() -> None:
         == "initializing"
     )
     assert machine_state(with_conditions(Ready="True")) == "ready"
-    assert machine_state({"metadata": {"deletionTimestamp": "x"}}) == "deleting"
+    deleting = {"name": "x", "deletionTimestamp": "2024-05-01T10:00:00Z"}
+    assert machine_state(Machine.model_validate({"metadata": deleting})) == "deleting"
+
+
+def test_a_draft_of_a_machines_status_is_what_the_apiserver_sent() -> None:
+    """Model defaults (an empty reason, empty capacity) must not read as a change: the
+    provisioner would write the status on every reconcile."""
+    status = {
+        "nodeName": "aks-ws1-0",
+        "conditions": [
+            {
+                "type": "MachineLaunched",
+                "status": "True",
+                "lastTransitionTime": "2024-05-01T10:00:00Z",
+            },
+            {"type": "Ready", "status": "Unknown", "reason": "Launching"},
+        ],
+    }
+    m = Machine.model_validate({"metadata": {"name": "ws1"}, "status": status})
+    draft = StatusDraft.of(m)
+    assert draft.data == status
+    assert not draft.set("MachineLaunched", "True")
+    assert not draft.changed

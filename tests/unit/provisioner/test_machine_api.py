@@ -53,8 +53,17 @@ def test_generated_schema_is_structural() -> None:
     assert _walk(schema) == []
     status = schema["properties"]["status"]["properties"]
     assert set(status) == {"providerID", "nodeName", "capacity", "allocatable", "conditions"}
-    cond = status["conditions"]["items"]["properties"]
-    assert set(cond) == {"type", "status", "severity", "lastTransitionTime", "reason", "message"}
+    cond = status["conditions"]["items"]
+    assert set(cond["properties"]) == {
+        "type",
+        "status",
+        "severity",
+        "lastTransitionTime",
+        "reason",
+        "message",
+        "observedGeneration",
+    }
+    assert cond["required"] == ["type", "status"], "knative conditions may omit the rest"
     spec = schema["properties"]["spec"]["properties"]
     assert set(spec) >= {"requirements", "taints", "startupTaints", "resources", "kubelet"}
     assert "machineTemplateRef" in spec

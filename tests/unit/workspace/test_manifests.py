@@ -119,6 +119,21 @@ def test_schema_defaults_only_meaningful_scalars() -> None:
     }
 
 
+def test_workspace_conditions_keep_metav1_strictness_and_merge_by_type() -> None:
+    """The shared Condition model is lenient (the Machine's knative conditions fit it); the
+    Workspace's list still requires what metav1.Condition requires."""
+    conditions = dict(_walk(crd_schema()))[".status.conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert conditions["items"]["required"] == [
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+    ]
+
+
 def test_free_form_fields_keep_unknown_fields() -> None:
     schema = crd_schema()
     nodes = dict(_walk(schema))
