@@ -29,14 +29,10 @@ the generator instead of producing a schema the apiserver rejects at install tim
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 Schema = dict[str, Any]
@@ -290,40 +286,3 @@ def custom_resource_definition(spec: CrdSpec, model: type[BaseModel]) -> Schema:
             "versions": versions,
         },
     }
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    """Writes repeated sub-trees in full: ``&id001`` anchors make manifests unreadable."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def to_yaml(obj: Any, *, header: str = "") -> str:
-    """Stable YAML for committed manifests (insertion order, no anchors, wide lines)."""
-    body = yaml.dump(obj, Dumper=_NoAliasDumper, sort_keys=False, width=100)
-    prefix = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
-    return prefix + "---\n" + body
-
-
-def write_or_check(
-    render: Callable[[], str], *, default_path: Path, prog: str, argv: Sequence[str] | None = None
-) -> int:
-    """The generators' command line: write ``render()`` to the file, or ``--check`` that
-    the committed file is byte-for-byte what the generator produces (exit 1 if stale)."""
-    parser = argparse.ArgumentParser(prog=prog, description=f"Write or check {default_path.name}.")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    parser.add_argument("--out", type=Path, default=default_path, help=f"default {default_path}")
-    args = parser.parse_args(argv)
-    want = render()
-    if args.check:
-        have = args.out.read_text() if args.out.exists() else ""
-        if have != want:
-            print(f"{args.out} is stale: run `{prog}`", file=sys.stderr)
-            return 1
-        print(f"{args.out} is up to date")
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(want)
-    print(f"wrote {args.out}")
-    return 0

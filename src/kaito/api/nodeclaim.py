@@ -14,8 +14,7 @@ requests, conditions) are the Machine's models, so the controller reads both ali
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from kaito.api.machine import (
     Condition,
@@ -24,6 +23,7 @@ from kaito.api.machine import (
     ResourceRequirements,
     Taint,
 )
+from kaito.runtime.meta import ApiModel
 from kaito.runtime.resource import Resource
 
 __all__ = [
@@ -44,16 +44,7 @@ LABEL_NODEPOOL = "karpenter.sh/nodepool"
 """The NodePool a NodeClaim belongs to (a label, and a requirement, in Karpenter v1)."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        use_attribute_docstrings=True,
-    )
-
-
-class NodeClassReference(_Model):
+class NodeClassReference(ApiModel):
     """The provider's node class the node is made from (``AKSNodeClass`` on Azure)."""
 
     group: str
@@ -61,7 +52,7 @@ class NodeClassReference(_Model):
     name: str
 
 
-class NodeClaimSpec(_Model):
+class NodeClaimSpec(ApiModel):
     """The node the NodeClaim asks for."""
 
     node_class_ref: NodeClassReference | None = None
@@ -70,7 +61,7 @@ class NodeClaimSpec(_Model):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
 
 
-class NodeClaimStatus(_Model):
+class NodeClaimStatus(ApiModel):
     """What Karpenter observed; the controller reads the Node's name and ``Ready``."""
 
     node_name: str | None = None
@@ -78,7 +69,7 @@ class NodeClaimStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
 
 
-class NodeClaim(_Model):
+class NodeClaim(ApiModel):
     """One node Karpenter launches for the claim's requirements."""
 
     api_version: str = NODECLAIMS.api_version

@@ -35,7 +35,7 @@ class MachineStatusDraft(StatusDraft):
     @classmethod
     def of(cls, machine: Machine) -> Self:
         """A draft of ``machine``'s status: the fields the apiserver sent, by alias."""
-        return cls(machine.status.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+        return cls(machine.status.to_dict(only_set=True))
 
     def set(
         self,

@@ -42,12 +42,16 @@ class ApiModel(BaseModel):
         use_attribute_docstrings=True,
     )
 
-    def to_dict(self) -> Obj:
+    def to_dict(self, *, only_set: bool = False) -> Obj:
         """The model as a JSON object for the API: by alias, unset optionals left out.
 
         The one dump for building a write from a model, so that every write spells
-        fields (and timestamps, as RFC 3339) the same way.
+        fields (and timestamps, as RFC 3339) the same way. ``only_set`` keeps just the
+        fields that were given (built or read), so model defaults never look like
+        changes and a write carries exactly what its builder set.
         """
+        if only_set:
+            return self.model_dump(by_alias=True, exclude_unset=True, mode="json")
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kaito.api.machine import CRD_PATH, MACHINES
+from kaito.api.crds import MACHINE_CRD
+from kaito.api.machine import MACHINES
 from kaito.provisioner.app import Provisioner
 from kaito.provisioner.azure import AzureAgentPoolAPI
 from kaito.provisioner.config import ProvisionerConfig
@@ -40,6 +41,8 @@ from kaito.runtime.manager import ManagerOptions
 from kaito.runtime.pki import CertificateAuthority
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
 from tests.integration.polling import poll_until
+
+CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crds" / MACHINE_CRD.file_name
 
 Obj = dict[str, Any]
 
@@ -79,7 +82,7 @@ def arm_tls(tmp_path_factory: pytest.TempPathFactory) -> ArmTls:
 
 
 def crd_body() -> Obj:
-    return dict(yaml.safe_load(Path(CRD_PATH).read_text()))
+    return dict(yaml.safe_load(CRD_PATH.read_text()))
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kaito.api.workspace import CRD_PATH, WORKSPACES_V1ALPHA1
+from kaito.api.crds import WORKSPACE_CRD
+from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     PATH,
@@ -29,6 +31,8 @@ from kaito.controllers.workspace.admission.webhook import (
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NAMESPACES
+
+CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crds" / WORKSPACE_CRD.file_name
 
 
 async def install_crd(client: Client, crd: dict[str, Any]) -> None:

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kaito.api import machine as api
-from kaito.api.machine import CRD_PATH, Machine, crd_yaml
+from kaito.api import crds
+from kaito.api.machine import Machine
 from kaito.runtime.quantity import parse_quantity
+
+REPO = Path(__file__).resolve().parents[3]
+CRD_PATH = REPO / "deploy" / "crds" / crds.MACHINE_CRD.file_name
 
 
 def test_committed_crd_is_what_the_model_generates() -> None:
-    assert CRD_PATH.read_text() == crd_yaml(), (
-        "deploy/crds/karpenter.sh_machines.yaml is stale: run `python -m kaito.api.machine`"
+    assert CRD_PATH.read_text() == crds.MACHINE_CRD.render(), (
+        "deploy/crds/karpenter.sh_machines.yaml is stale: run `python -m kaito.api.crds`"
     )
 
 
 def test_check_command_fails_on_a_stale_file(tmp_path: Any) -> None:
-    out = tmp_path / "crd.yaml"
-    out.write_text("stale\n")
-    assert api.main(["--check", "--out", str(out)]) == 1
-    assert api.main(["--out", str(out)]) == 0
-    assert api.main(["--check", "--out", str(out)]) == 0
+    (tmp_path / crds.MACHINE_CRD.file_name).write_text("stale\n")
+    assert crds.main(["--check", "--dir", str(tmp_path)]) == 1
+    assert crds.main(["--dir", str(tmp_path)]) == 0
+    assert crds.main(["--check", "--dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(c.file_name for c in crds.CRDS)
 
 
 def _walk(node: Any, path: str = "") -> list[str]:

@@ -7,15 +7,18 @@ from typing import Any
 
 import yaml
 
-from kaito.api import workspace as api
+from kaito.api import crds
 from kaito.controllers.workspace.admission import cli, manifests, webhook
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_crd_is_current() -> None:
-    assert api.main(["--check"]) == 0, "run `python -m kaito.api.workspace`"
-    assert api.CRD_PATH.read_text() == api.crd_yaml()
+    assert crds.main(["--check", "--dir", str(REPO / "deploy" / "crds")]) == 0, (
+        "run `python -m kaito.api.crds`"
+    )
+    path = REPO / "deploy" / "crds" / crds.WORKSPACE_CRD.file_name
+    assert path.read_text() == crds.WORKSPACE_CRD.render()
 
 
 def test_committed_webhook_manifests_are_current() -> None:
@@ -36,7 +39,7 @@ def test_webhook_manifests_check_finds_a_stale_file_where_it_is_told(tmp_path: P
 
 
 def test_crd_serves_both_versions_with_one_schema_and_one_storage() -> None:
-    crd = api.crd()
+    crd = crds.WORKSPACE_CRD.crd()
     spec = crd["spec"]
     assert crd["metadata"]["name"] == "workspaces.kaito.sh"
     assert spec["names"]["shortNames"] == ["wk", "wks"]
@@ -51,7 +54,9 @@ def test_crd_serves_both_versions_with_one_schema_and_one_storage() -> None:
 
 
 def test_crd_has_no_spec_wrapper() -> None:
-    props = api.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    props = crds.WORKSPACE_CRD.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]
     assert list(props) == [
         "apiVersion",
         "kind",
@@ -64,7 +69,7 @@ def test_crd_has_no_spec_wrapper() -> None:
 
 
 def test_printer_columns_match_the_quick_start() -> None:
-    columns = api.crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    columns = crds.WORKSPACE_CRD.crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [c["name"].upper() for c in columns] == [
         "INSTANCE",
         "RESOURCEREADY",
@@ -96,7 +101,9 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 
 def crd_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = api.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = crds.WORKSPACE_CRD.crd()["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]
     return schema
 
 

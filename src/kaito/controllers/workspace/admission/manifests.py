@@ -10,12 +10,12 @@ from where this package happens to be installed.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kaito.api.manifests import write_or_check as write_generated
 from kaito.controllers.workspace.admission.webhook import (
     APP_LABELS,
     NAMESPACE,
@@ -66,13 +66,4 @@ def manifests_yaml() -> str:
 
 def write_or_check(out: Path, *, check: bool = False) -> int:
     """Write the manifest to ``out``, or with ``check`` exit 1 if ``out`` differs."""
-    want = manifests_yaml()
-    if check:
-        if not out.exists() or out.read_text() != want:
-            print(f"{out} is stale: run `{COMMAND}`", file=sys.stderr)
-            return 1
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(want)
-    print(f"wrote {out}")
-    return 0
+    return write_generated(out, manifests_yaml(), check=check, command=COMMAND)

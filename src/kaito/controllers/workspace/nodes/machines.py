@@ -70,7 +70,7 @@ def in_requirement(key: str, value: str) -> NodeSelectorRequirement:
 def manifest(claim: Claim) -> Obj:
     """The body to create: exactly the fields the builder set (not the model's empty
     defaults, such as a status, which are the provisioner's to write)."""
-    return claim.model_dump(by_alias=True, mode="json", exclude_unset=True)
+    return claim.to_dict(only_set=True)
 
 
 def machine_name(namespace: str, name: str, index: int) -> str:
