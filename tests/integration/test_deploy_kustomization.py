@@ -233,7 +233,9 @@ async def test_kubectl_apply_k_deploy_installs_kaito_and_the_controller_runs_wit
                     await asyncio.sleep(0.2)
         machines = await client.list(MACHINES, label_selector=f"{LABEL_WORKSPACE}={name}")
         assert machines["items"] == []
-        assert "403" not in log.read_text(), log.read_text()[-3000:]
+        # A missing permission is logged as "403 Forbidden: ... is forbidden: ...". Not a
+        # bare "403": reconcile IDs are UUIDs, and "403" turns up in one now and then.
+        assert "forbidden" not in log.read_text().lower(), log.read_text()[-3000:]
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0, log.read_text()[-3000:]

@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
-from kaito.controllers.workspace.workload import podspec
 from kaito.controllers.workspace.workload.inference import inference_objects
 from kaito.presets.catalog import load_catalog
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STATEFULSETS

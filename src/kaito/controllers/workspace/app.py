@@ -209,6 +209,7 @@ class WorkspaceController:
         """``catalog``: the presets and SKUs reconciles plan from (default: the packaged
         ``models.yaml`` and ``skus.yaml``)."""
         provisioning = provisioning or Provisioning()
+        self.catalog = catalog or load_catalog()
         register_once(STATE_COLLECTOR)
         self.manager = Manager(
             client, manager_options or ManagerOptions(component="workspace-controller")
@@ -227,7 +228,7 @@ class WorkspaceController:
 
         self.reconciler = WorkspaceReconciler(
             client=client,
-            catalog=catalog or load_catalog(),
+            catalog=self.catalog,
             workspaces=workspaces.cache,
             machines=machines,
             nodes=nodes.cache,
@@ -270,7 +271,7 @@ class WorkspaceController:
         STATE_COLLECTOR.set_source(self._workspaces_now)
         try:
             if webhook is not None:
-                await run_with_manager(self.manager, webhook)
+                await run_with_manager(self.manager, webhook, catalog=self.catalog)
             else:
                 await self.manager.run()
         finally:

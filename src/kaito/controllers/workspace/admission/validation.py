@@ -38,7 +38,7 @@ from kaito.controllers.workspace.admission.resource import check_resource
 from kaito.controllers.workspace.admission.tuning import check_tuning
 from kaito.controllers.workspace.admission.update import check_update
 from kaito.presets.catalog import Catalog, Preset, load_catalog
-from kaito.presets.skus import GpuSku, get_sku
+from kaito.presets.skus import GpuSku
 
 __all__ = ["ConfigMapReader", "FieldError", "check_create", "parse", "validate"]
 
@@ -63,10 +63,15 @@ def check_create(
     ws: Workspace,
     *,
     catalog: Catalog | None = None,
-    sku_lookup: Callable[[str], GpuSku | None] = get_sku,
+    sku_lookup: Callable[[str], GpuSku | None] | None = None,
 ) -> list[FieldError]:
-    """The rules for a new Workspace (everything but ConfigMaps, see `check_configs`)."""
+    """The rules for a new Workspace (everything but ConfigMaps, see `check_configs`).
+
+    The presets and SKUs come from ``catalog`` (default: the packaged one);
+    ``sku_lookup`` overrides its SKU table, for rules tested against made-up sizes.
+    """
     cat = catalog or load_catalog()
+    lookup = sku_lookup or cat.sku
     errors = check_name(ws) + check_runtime_annotation(ws)
     count, given = one_of(
         [("inference", ws.inference is not None), ("tuning", ws.tuning is not None)]
@@ -85,7 +90,7 @@ def check_create(
         tun_errors, tuning_preset = check_tuning(ws, ws.tuning, cat)
         errors += tun_errors
         preset = preset or tuning_preset
-    errors += check_resource(ws, preset, sku_lookup)
+    errors += check_resource(ws, preset, lookup)
     return errors
 
 

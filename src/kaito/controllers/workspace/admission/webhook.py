@@ -31,6 +31,7 @@ import structlog
 
 from kaito.api.workspace import GROUP, VERSIONS
 from kaito.controllers.workspace.admission.validation import FieldError, validate
+from kaito.presets.catalog import Catalog, load_catalog
 from kaito.runtime import webhook
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -125,8 +126,10 @@ def denial(errors: Sequence[FieldError], *, name: str = "") -> AdmissionResponse
 class WorkspaceValidator:
     """The admission `Handler` for CREATE and UPDATE of Workspaces (both versions)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, catalog: Catalog | None = None) -> None:
         self.client = client
+        self.catalog = catalog or load_catalog()
+        """Presets and SKUs, resolved once for every review (injected in tests)."""
 
     async def handle(self, request: AdmissionRequest) -> AdmissionResponse:
         if request.operation not in ("CREATE", "UPDATE"):
@@ -135,7 +138,9 @@ class WorkspaceValidator:
         old = request.old_object if request.operation == "UPDATE" else None
         workspace = f"{request.namespace}/{request.name}"
         try:
-            errors = await validate(obj, old, read_configmap=self._read_configmap)
+            errors = await validate(
+                obj, old, read_configmap=self._read_configmap, catalog=self.catalog
+            )
         except Exception as e:  # a bug or an unreachable apiserver: deny, say why, keep serving
             log.exception("workspace validation failed", workspace=request.name)
             errors = [FieldError("(webhook)", f"validation could not complete: {e}")]
@@ -190,9 +195,16 @@ class WebhookServer:
     `stop`.
     """
 
-    def __init__(self, client: Client, options: WebhookOptions | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        options: WebhookOptions | None = None,
+        *,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.client = client
         self.options = options or WebhookOptions()
+        self.catalog = catalog
         self.certificate: ServingCertificate | None = None
         self.server: webhook.Server | None = None
         self._cert_dir: Path | None = None
@@ -236,7 +248,7 @@ class WebhookServer:
         self.server = webhook.Server(
             webhook.ServerOptions(cert_dir=self._cert_dir, bind_address=opts.bind_address)
         )
-        self.server.register(PATH, WorkspaceValidator(self.client))
+        self.server.register(PATH, WorkspaceValidator(self.client, catalog=self.catalog))
         try:
             await self.server.start()
             if opts.register:
@@ -265,13 +277,15 @@ class WebhookServer:
             self._cert_dir = None
 
 
-async def run_with_manager(manager: Manager, options: WebhookOptions | None = None) -> None:
+async def run_with_manager(
+    manager: Manager, options: WebhookOptions | None = None, *, catalog: Catalog | None = None
+) -> None:
     """Serve the webhook for as long as ``manager.run()`` runs; /readyz includes it.
 
     The webhook starts before the manager and does not wait for leader election: the
     Service sends admission calls to every replica, followers included.
     """
-    server = WebhookServer(manager.client, options)
+    server = WebhookServer(manager.client, options, catalog=catalog)
     manager.add_readyz_check("webhook", server.ready_check)
     async with server:
         await manager.run()

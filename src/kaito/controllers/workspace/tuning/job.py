@@ -31,8 +31,8 @@ from __future__ import annotations
 import copy
 
 from kaito.api.workspace import ANNOTATION_REVISION, Workspace
+from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import WorkspacePlan
-from kaito.controllers.workspace.workload import podspec
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import JOBS, Resource
 

@@ -1,2 +1,2 @@
-"""What an inference Workspace runs as: its objects (``inference``), the pod spec every
-workload shares (``podspec``), and applying them without needless writes (``sync``)."""
+"""What a Workspace runs as: an inference Workspace's objects (``inference``), and
+applying them or a tuning Job without needless writes (``sync``)."""

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import yaml
 
 from kaito.api.workspace import ANNOTATION_REVISION, Runtime, Workspace
+from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import WorkspacePlan
-from kaito.controllers.workspace.workload import podspec
 from kaito.presets.catalog import Preset, RuntimeChoice, inference_command
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, SERVICES, STATEFULSETS, Resource

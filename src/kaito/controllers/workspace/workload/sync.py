@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import structlog
 
 from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
+from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import WorkspacePlan
 from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
 from kaito.controllers.workspace.status.readiness import Verdict, inference_verdict, job_verdicts
 from kaito.controllers.workspace.tuning.job import tuning_job
-from kaito.controllers.workspace.workload import podspec
 from kaito.controllers.workspace.workload.inference import inference_objects
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
