@@ -40,7 +40,7 @@ class PodAnnotator:
     ) -> None:
         self.server, self.namespace, self.pod = server.rstrip("/"), namespace, pod
         self.token_file, self.ca_file = token_file, ca_file
-        self._tls = ssl.create_default_context(cafile=str(ca_file))
+        self._tls: ssl.SSLContext | None = None
 
     @classmethod
     def from_environment(
@@ -69,5 +69,7 @@ class PodAnnotator:
                 "Authorization": f"Bearer {self.token_file.read_text().strip()}",
             },
         )
+        if self._tls is None:  # here, so that a bad ca.crt is a failed report, not a crash
+            self._tls = ssl.create_default_context(cafile=str(self.ca_file))
         with urllib.request.urlopen(request, timeout=5, context=self._tls) as response:
             response.read()

@@ -107,6 +107,10 @@ async def _run(
                 json.dumps({"url": hub.url, "cdn": hub.cdn_url, "published": shas}, indent=1)
             )
         stopped = asyncio.Event()
-        return await run_until_stopped(stopped.wait, stopped.set)
+
+        async def serve() -> None:
+            await stopped.wait()
+
+        return await run_until_stopped(serve, stopped.set)
     finally:
         await hub.stop()
