@@ -407,3 +407,180 @@ def test_an_anonymous_registry_takes_pushes_and_pulls_without_a_secret(tmp_path:
         adapter / "nested" / "weights.bin"
     ).read_bytes()
     assert (dest / "adapter_config.json").read_text() == '{"r": 4}'
+
+
+# -- the bearer-token flow (ACR, Docker Hub, Harbor) --------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenService:
+    """The registry's token service (docker's token auth spec): basic-auth'd GET
+    ``/token?service=&scope=`` answers a JWT, signed RS256 by a key whose certificate the
+    registry trusts (``rootcertbundle``) and carried in the header's ``x5c``. The real
+    registry verifies it; only the issuer is ours, as a cluster's would be (ACR's)."""
+
+    issuer = "kaito-test-issuer"
+    service = "kaito-test-registry"
+
+    def __init__(self, root: Path) -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kaito token signer")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.bundle = root / "token-root.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[str] = []
+
+    def token(self, scope: str) -> str:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        access = []
+        if scope:
+            kind, repo, actions = scope.split(":")
+            access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": USER,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": os.urandom(8).hex(),
+            "access": access,
+        }
+        signing = _b64url(json.dumps(header).encode()) + "." + _b64url(json.dumps(claims).encode())
+        sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return signing + "." + _b64url(sig)
+
+    def serve(self) -> tuple[str, object]:
+        import http.server
+        import threading
+        import urllib.parse
+
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                service.requests.append(self.path)
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": service.token(query.get("scope", [""])[0])}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}/token", server
+
+
+class TokenRegistry(LocalRegistry):
+    """The local registry with ``auth: token`` instead of htpasswd."""
+
+    def __init__(self, root: Path, realm: str, tokens: TokenService) -> None:
+        super().__init__(root)
+        self.realm, self.tokens = realm, tokens
+
+    def _write_config(self) -> Path:
+        import yaml
+
+        path = super()._write_config()
+        config = yaml.safe_load(path.read_text())
+        config["auth"] = {
+            "token": {
+                "realm": self.realm,
+                "service": self.tokens.service,
+                "issuer": self.tokens.issuer,
+                "rootcertbundle": str(self.tokens.bundle),
+            }
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1):
+                return True
+        except urllib.error.HTTPError as e:
+            return e.code == 401
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def test_the_bearer_token_flow_pushes_and_pulls_and_refuses_a_wrong_secret(
+    tmp_path: Path,
+) -> None:
+    tokens = TokenService(tmp_path)
+    realm, server = tokens.serve()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 2}')
+    try:
+        with TokenRegistry(tmp_path / "reg", realm, tokens) as reg:
+            status, headers, _ = registry_get(reg, "/v2/", auth=False)
+            assert status == 401
+            assert headers["Www-Authenticate"].startswith(f'Bearer realm="{realm}"')
+            image = f"{reg.address}/tokens/adapter:1"
+            good = secret(tmp_path, "acr-secret", docker_config_json(reg.address, USER, PASSWORD))
+            run = run_image(
+                "kaito_tuning.push", "--image", image, "--source", str(adapter),
+                "--docker-config", str(good), "--secret-name", "acr-secret",
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr[-3000:] + reg._log_tail()
+            assert any(
+                "scope=repository%3Atokens%2Fadapter%3Apull%2Cpush" in r for r in tokens.requests
+            )
+            dest = tmp_path / "pulled"
+            run = run_image(
+                "kaito_inference.adapter_pull", "--image", image, "--dest", str(dest),
+                "--docker-config", str(good),
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr[-3000:]
+            assert (dest / "adapter_config.json").read_text() == '{"r": 2}'
+
+            wrong = secret(tmp_path, "wrong", docker_config_json(reg.address, USER, "nope"))
+            term = tmp_path / "termination-log"
+            run = run_image(
+                "kaito_tuning.push", "--image", image.replace(":1", ":2"), "--source", str(adapter),
+                "--docker-config", str(wrong), "--secret-name", "wrong", "--termination-log", str(term),
+            )  # fmt: skip
+            assert run.returncode == 3
+            assert term.read_text().startswith(
+                f"Unauthorized: pushing {image.replace(':1', ':2')}: the registry refused the "
+                "credentials of secret wrong"
+            )
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]

@@ -160,3 +160,38 @@ def test_the_tuning_containers_failure_comes_before_the_pushers_nothing_to_push(
 def test_a_running_pusher_is_no_problem() -> None:
     running = {"running": {"startedAt": "t0"}}
     assert pod_problem(tuning_pod(running, running, phase="Running")) is None
+
+
+def test_a_refused_adapter_pull_in_a_restart_loop_names_its_reason() -> None:
+    message = (
+        "Unauthorized: pulling myacr.azurecr.io/adapter:0.0.1: the registry refused the "
+        "credentials of secret acr-pull\n"
+    )
+    pod: Obj = {
+        "metadata": {"name": "ws-abc"},
+        "spec": {"initContainers": [{"name": "adapter-0"}], "containers": [{"name": "inference"}]},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "adapter-0",
+                    "restartCount": 3,
+                    "state": {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": "back-off 40s restarting failed container=adapter-0",
+                        }
+                    },
+                    "lastState": {
+                        "terminated": {"exitCode": 3, "reason": "Error", "message": message}
+                    },
+                }
+            ],
+            "containerStatuses": [
+                {"name": "inference", "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+    reason, text = pod_problem(pod)  # type: ignore[misc]
+    assert reason == "Unauthorized"
+    assert "container adapter-0: CrashLoopBackOff: last exit code 3: Unauthorized: pulling" in text

@@ -13,7 +13,8 @@ is not, the reason is found where kubelet and the scheduler put it, on the pods:
 - a container that ended non-zero (a tuning Job's pod: ``restartPolicy: Never``) with
   its exit code and termination message. Our images' helpers (the adapter pusher and
   puller) write ``<Reason>: <message>``, and that reason becomes the condition's, so a
-  refused push reads ``Unauthorized`` on the Workspace, not a bare ``Error``.
+  refused push reads ``Unauthorized`` on the Workspace, not a bare ``Error`` (and a
+  refused adapter pull, restarting, not a bare ``CrashLoopBackOff``).
 
 Containers are examined in the pod spec's order (kubelet lists their statuses sorted by
 name): the tuning container's own failure comes before the pusher's "nothing to push".
@@ -111,9 +112,16 @@ def pod_problem(pod: Obj) -> tuple[str, str] | None:
                     )
                 detail = (
                     f"last exit code {last.get('exitCode')}"
-                    + (f": {last['message']}" if last.get("message") else "")
+                    + (f": {last['message'].strip()}" if last.get("message") else "")
                     + (f" ({detail})" if detail else "")
                 )
+                # An adapter puller refused by the registry restarts in a loop: its own
+                # reason (Unauthorized) says more than CrashLoopBackOff.
+                found = _MESSAGE_REASON.match((last.get("message") or "").strip())
+                if found:
+                    return found.group(1), _short(
+                        f"pod {name}: container {cs.get('name')}: {reason}: {detail}"
+                    )
             return reason, _short(f"pod {name}: container {cs.get('name')}: {reason}: {detail}")
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated.get("reason") == "OOMKilled":
