@@ -97,3 +97,101 @@ def test_job_verdicts() -> None:
     _, done = job_verdicts(job, [])
     assert (done.status, done.reason) == ("False", "TuningFailed")
     assert "backoff limit" in done.message
+
+
+def tuning_pod(tuning: Obj, pusher: Obj, phase: str = "Failed") -> Obj:
+    """A tuning Job's pod as kubelet writes it: statuses sorted by container name."""
+    return {
+        "metadata": {"name": "tune-abc12"},
+        "spec": {"containers": [{"name": "tuning"}, {"name": "pusher"}]},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": "pusher", "ready": False, "restartCount": 0, "state": pusher},
+                {"name": "tuning", "ready": False, "restartCount": 0, "state": tuning},
+            ],
+        },
+    }
+
+
+REFUSED = (
+    "Unauthorized: pushing myacr.azurecr.io/out:0.0.1: the registry refused the credentials "
+    "of secret acr-secret"
+)
+
+
+def test_a_refused_push_names_its_reason_on_the_workspace() -> None:
+    finished = {"exitCode": 0, "reason": "Completed", "startedAt": "t0", "finishedAt": "t1"}
+    refused = {"exitCode": 3, "reason": "Error", "message": REFUSED + "\n", "finishedAt": "t2"}
+    pod = tuning_pod({"terminated": finished}, {"terminated": refused})
+    assert pod_problem(pod) == (
+        "Unauthorized",
+        f"pod tune-abc12: container pusher exited 3: {REFUSED}",
+    )
+    job: Obj = {"metadata": {"name": "tune"}, "status": {"startTime": "t0", "failed": 1}}
+    _, ready = job_verdicts(job, [pod])  # the Job retries: the pod's reason meanwhile
+    assert (ready.status, ready.reason) == ("False", "Unauthorized")
+    job["status"]["conditions"] = [
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+        }
+    ]
+    _, ready = job_verdicts(job, [pod])
+    assert ready.reason == "TuningFailed"
+    assert ready.message.endswith(f"container pusher exited 3: {REFUSED}")
+
+
+def test_the_tuning_containers_failure_comes_before_the_pushers_nothing_to_push() -> None:
+    crashed = {"exitCode": 1, "reason": "Error", "message": "Traceback (most recent call last)"}
+    gave_up = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": "TuningFailed: the tuning container failed; nothing to push",
+    }
+    reason, message = pod_problem(tuning_pod({"terminated": crashed}, {"terminated": gave_up}))
+    assert reason == "Error"  # kubelet's: the log tail starts with no reason word
+    assert "container tuning exited 1: Traceback" in message
+
+
+def test_a_running_pusher_is_no_problem() -> None:
+    running = {"running": {"startedAt": "t0"}}
+    assert pod_problem(tuning_pod(running, running, phase="Running")) is None
+
+
+def test_a_refused_adapter_pull_in_a_restart_loop_names_its_reason() -> None:
+    message = (
+        "Unauthorized: pulling myacr.azurecr.io/adapter:0.0.1: the registry refused the "
+        "credentials of secret acr-pull\n"
+    )
+    pod: Obj = {
+        "metadata": {"name": "ws-abc"},
+        "spec": {"initContainers": [{"name": "adapter-0"}], "containers": [{"name": "inference"}]},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "adapter-0",
+                    "restartCount": 3,
+                    "state": {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": "back-off 40s restarting failed container=adapter-0",
+                        }
+                    },
+                    "lastState": {
+                        "terminated": {"exitCode": 3, "reason": "Error", "message": message}
+                    },
+                }
+            ],
+            "containerStatuses": [
+                {"name": "inference", "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+    reason, text = pod_problem(pod)  # type: ignore[misc]
+    assert reason == "Unauthorized"
+    assert "container adapter-0: CrashLoopBackOff: last exit code 3: Unauthorized: pulling" in text

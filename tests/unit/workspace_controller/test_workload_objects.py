@@ -101,22 +101,84 @@ def test_quick_start_runs_a_deployment_with_all_gpus_probes_and_gpu_scheduling()
         assert len(body["metadata"]["annotations"][podspec.ANNOTATION_SPEC_HASH]) == 16
 
 
-def test_adapter_image_gets_an_init_container_env_and_lora_flags() -> None:
+def test_adapter_image_is_pulled_by_an_init_container_running_the_server_image() -> None:
     ws = example("kaito_workspace_phi_3_with_adapters.yaml")
     pod = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"][
         "spec"
     ]["template"]["spec"]
     (init,) = pod["initContainers"]
-    assert init["image"] == "myacr.azurecr.io/adapter:0.0.1"
-    assert init["command"][-1] == (
-        "mkdir -p /mnt/adapter/phi-3-adapter && cp -r /data/. /mnt/adapter/phi-3-adapter/"
-    )
     (container,) = pod["containers"]
+    # The adapter image has no shell: our puller (in the server's image) fetches it.
+    assert init["image"] == container["image"]
+    assert init["command"] == [
+        "python",
+        "-m",
+        "kaito_inference.adapter_pull",
+        "--image",
+        "myacr.azurecr.io/adapter:0.0.1",
+        "--dest",
+        "/mnt/adapter/phi-3-adapter",
+    ]
+    assert init["volumeMounts"] == [{"name": "adapters", "mountPath": "/mnt/adapter"}]
+    assert "imagePullSecrets" not in pod
     assert container["env"] == [{"name": "phi-3-adapter", "value": "1.0"}]
     cmd = container["command"]
     assert cmd[cmd.index("--adapters-dir") + 1] == "/mnt/adapter"
     assert "--enable-lora" in cmd
     assert {"name": "adapters", "mountPath": "/mnt/adapter"} in container["volumeMounts"]
+
+
+def test_adapter_pull_secrets_are_mounted_for_the_puller_not_given_to_kubelet() -> None:
+    ws = example("kaito_workspace_phi_3_with_adapters.yaml")
+    body = ws.model_dump(by_alias=True, exclude_none=True)
+    first = body["inference"]["adapters"][0]
+    first["source"]["imagePullSecrets"] = ["acr-pull", "acr-pull"]
+    second = {
+        "source": {
+            "name": "b",
+            "image": "myacr.azurecr.io/b:1",
+            "imagePullSecrets": ["acr-pull", "other"],
+        }
+    }
+    body["inference"]["adapters"].append(second)
+    ws = workspace(body)
+    pod = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"][
+        "spec"
+    ]["template"]["spec"]
+    assert "imagePullSecrets" not in pod  # kubelet never pulls an adapter image
+    first_init, second_init = pod["initContainers"]
+    assert first_init["command"][-2:] == [
+        "--docker-config",
+        "/mnt/pull-secrets/acr-pull/.dockerconfigjson",
+    ]
+    assert second_init["command"][-4:] == [
+        "--docker-config",
+        "/mnt/pull-secrets/acr-pull/.dockerconfigjson",
+        "--docker-config",
+        "/mnt/pull-secrets/other/.dockerconfigjson",
+    ]
+    assert {"name": "pull-secret-1", "mountPath": "/mnt/pull-secrets/other", "readOnly": True} in (
+        second_init["volumeMounts"]
+    )
+    secrets = [v for v in pod["volumes"] if "secret" in v]
+    assert secrets == [
+        {
+            "name": "pull-secret-0",
+            "secret": {
+                "secretName": "acr-pull",
+                "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+            },
+        },
+        {
+            "name": "pull-secret-1",
+            "secret": {
+                "secretName": "other",
+                "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+            },
+        },
+    ]
+    (container,) = pod["containers"]
+    assert all("pull-secret" not in m["name"] for m in container["volumeMounts"])
 
 
 def test_adapter_from_a_volume_is_mounted_read_only_under_its_name() -> None:
@@ -259,12 +321,39 @@ def test_tuning_with_urls_downloads_then_pushes_with_a_sidecar() -> None:
         "--output /mnt/output --config /mnt/config/training_config.yaml || "
     )
     assert tuning["resources"]["limits"] == {"nvidia.com/gpu": "1"}
-    assert "oras push myacr.azurecr.io/out:0.0.1" in pusher["command"][-1]
+    assert script.endswith("|| { rc=$?; touch /mnt/output/kaito_tuning_failed; exit $rc; }")
+    assert pusher["image"] == tuning["image"]  # the tuning image carries kaito_tuning.push
+    assert pusher["command"] == [
+        "python",
+        "-m",
+        "kaito_tuning.push",
+        "--image",
+        "myacr.azurecr.io/out:0.0.1",
+        "--source",
+        "/mnt/output",
+        "--docker-config",
+        "/mnt/push-secret/.dockerconfigjson",
+        "--secret-name",
+        "acr-secret",
+        "--wait-for",
+        "/mnt/output/kaito_tuning_complete.json",
+        "--fail-marker",
+        "/mnt/output/kaito_tuning_failed",
+        "--label",
+        "kaito.sh/preset=phi-3-mini-4k-instruct",
+        "--label",
+        "kaito.sh/workspace=default/tune-phi-3",
+    ]
+    assert pusher["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "push-secret", "mountPath": "/mnt/push-secret", "readOnly": True} in pusher[
+        "volumeMounts"
+    ]
+    assert {"name": "output", "mountPath": "/mnt/output"} in pusher["volumeMounts"]
     assert {
         "name": "push-secret",
         "secret": {
             "secretName": "acr-secret",
-            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
         },
     } in pod["volumes"]
     assert {"name": "config", "configMap": {"name": "my-training-config"}} in pod["volumes"]

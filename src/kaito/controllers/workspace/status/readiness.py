@@ -10,6 +10,14 @@ is not, the reason is found where kubelet and the scheduler put it, on the pods:
   message);
 - a container whose last run ended ``OOMKilled`` (or ``Error`` with its exit code and
   the tail of its log, when kubelet kept it as the termination message);
+- a container that ended non-zero (a tuning Job's pod: ``restartPolicy: Never``) with
+  its exit code and termination message. Our images' helpers (the adapter pusher and
+  puller) write ``<Reason>: <message>``, and that reason becomes the condition's, so a
+  refused push reads ``Unauthorized`` on the Workspace, not a bare ``Error`` (and a
+  refused adapter pull, restarting, not a bare ``CrashLoopBackOff``).
+
+Containers are examined in the pod spec's order (kubelet lists their statuses sorted by
+name): the tuning container's own failure comes before the pusher's "nothing to push".
 - otherwise ``InferenceStarting``/``RolloutInProgress`` with ready/total counts.
 
 A pod of an older revision that is still running does not make the workload ready:
@@ -20,6 +28,7 @@ Pure functions over raw objects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +65,27 @@ def _short(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_MESSAGE_REASON = re.compile(r"^([A-Z][A-Za-z]{2,63}): \S")
+"""``Unauthorized: pushing ...``: a termination message that starts with its reason."""
+
+
+def _spec_order(pod: Obj, key: str, statuses: Iterable[Obj]) -> list[Obj]:
+    """Container statuses in the order the pod spec lists the containers."""
+    order = {c.get("name"): i for i, c in enumerate((pod.get("spec") or {}).get(key) or ())}
+    return sorted(statuses, key=lambda cs: order.get(cs.get("name"), len(order)))
+
+
+def _terminated_problem(name: str, cs: Obj, terminated: Obj) -> tuple[str, str] | None:
+    code = terminated.get("exitCode")
+    if not code:
+        return None
+    message = (terminated.get("message") or "").strip()
+    found = _MESSAGE_REASON.match(message)
+    reason = found.group(1) if found else (terminated.get("reason") or "Error")
+    detail = f": {message}" if message else ""
+    return reason, _short(f"pod {name}: container {cs.get('name')} exited {code}{detail}")
+
+
 def pod_problem(pod: Obj) -> tuple[str, str] | None:
     """(reason, message) of what keeps ``pod`` from running, or None."""
     name = pod["metadata"]["name"]
@@ -65,8 +95,8 @@ def pod_problem(pod: Obj) -> tuple[str, str] | None:
             reason = cond.get("reason") or "Unschedulable"
             return reason, f"pod {name}: {_short(cond.get('message') or 'not scheduled')}"
     statuses = [
-        *(status.get("initContainerStatuses") or ()),
-        *(status.get("containerStatuses") or ()),
+        *_spec_order(pod, "initContainers", status.get("initContainerStatuses") or ()),
+        *_spec_order(pod, "containers", status.get("containerStatuses") or ()),
     ]
     for cs in statuses:
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -82,13 +112,23 @@ def pod_problem(pod: Obj) -> tuple[str, str] | None:
                     )
                 detail = (
                     f"last exit code {last.get('exitCode')}"
-                    + (f": {last['message']}" if last.get("message") else "")
+                    + (f": {last['message'].strip()}" if last.get("message") else "")
                     + (f" ({detail})" if detail else "")
                 )
+                # An adapter puller refused by the registry restarts in a loop: its own
+                # reason (Unauthorized) says more than CrashLoopBackOff.
+                found = _MESSAGE_REASON.match((last.get("message") or "").strip())
+                if found:
+                    return found.group(1), _short(
+                        f"pod {name}: container {cs.get('name')}: {reason}: {detail}"
+                    )
             return reason, _short(f"pod {name}: container {cs.get('name')}: {reason}: {detail}")
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated.get("reason") == "OOMKilled":
             return "OOMKilled", f"pod {name}: container {cs.get('name')} was OOMKilled"
+        problem = _terminated_problem(name, cs, terminated)
+        if problem is not None:
+            return problem
     if status.get("phase") == "Failed":
         return "PodFailed", f"pod {name} failed: {status.get('message') or status.get('reason')}"
     return None

@@ -18,9 +18,14 @@ A ``batch/v1`` Job named after the Workspace, one pod on the Workspace's GPU nod
   ``training_config.yaml`` from ``tuning.config`` mounted at ``/mnt/config``;
 - the output at ``/mnt/output``: a ``volumeSource`` is mounted there (the adapter is
   written straight into it); for an ``image``, an emptyDir plus a ``pusher`` sidecar
-  that waits for the tuning run's completion marker and pushes the directory as an OCI
-  artifact with ``oras``, logging in with the ``imagePushSecret`` (a docker config).
-  The sidecar exits non-zero when the tuning container failed, so the Job fails too.
+  running the same image, ``python -m kaito_tuning.push``: it waits for the tuning run's
+  completion marker, builds an adapter image (one layer, the adapter under ``/data``;
+  ``kaito_contracts.oci``) and pushes it with the registry API, authenticated by the
+  ``imagePushSecret`` (a ``kubernetes.io/dockerconfigjson`` Secret mounted at
+  ``/mnt/push-secret``). The tuning container's wrapper touches a failure marker when
+  the run fails, and the sidecar then exits non-zero, so the Job fails too. A refused
+  push ends the sidecar with a termination message ``Unauthorized: pushing <image>:
+  ...`` that the Workspace's conditions carry.
 
 ``restartPolicy: Never`` with ``backoffLimit: 2``: a failed run leaves its pod (and its
 logs, and the termination message the controller surfaces) for the user to read.
@@ -40,7 +45,7 @@ __all__ = [
     "COMPLETION_MARKER",
     "DATA_DIR",
     "OUTPUT_DIR",
-    "PUSHER_IMAGE",
+    "PUSHER_CONTAINER",
     "TUNING_CONTAINER",
     "tuning_job",
 ]
@@ -55,7 +60,13 @@ TUNING_CONTAINER = "tuning"
 COMPLETION_MARKER = "kaito_tuning_complete.json"
 """What images/tuning writes last into the output directory (kaito_tuning.train)."""
 FAILURE_MARKER = "kaito_tuning_failed"
-PUSHER_IMAGE = "ghcr.io/oras-project/oras:v1.2.0"
+PUSHER_CONTAINER = "pusher"
+PUSH_SECRET_DIR = "/mnt/push-secret"
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+"""The key of a ``kubernetes.io/dockerconfigjson`` Secret."""
+LABEL_PRESET = "kaito.sh/preset"
+LABEL_WORKSPACE = "kaito.sh/workspace"
+"""Labels of the pushed image (``kaito_contracts.oci``'s names): what it was tuned from."""
 BACKOFF_LIMIT = 2
 
 
@@ -89,7 +100,7 @@ def _input_parts(ws: Workspace, image: str) -> tuple[list[Obj], list[Obj], list[
     return volumes, [mount], [init]
 
 
-def _output_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj]]:
+def _output_parts(ws: Workspace, image: str, preset: str) -> tuple[list[Obj], list[Obj], list[Obj]]:
     """(volumes, tuning-container mounts, sidecars) for the adapter."""
     assert ws.tuning is not None
     assert ws.tuning.output is not None
@@ -103,28 +114,41 @@ def _output_parts(ws: Workspace) -> tuple[list[Obj], list[Obj], list[Obj]]:
             "name": "push-secret",
             "secret": {
                 "secretName": dest.image_push_secret,
-                "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                "items": [{"key": DOCKER_CONFIG_KEY, "path": DOCKER_CONFIG_KEY}],
             },
         },
     ]
     mount = {"name": "output", "mountPath": OUTPUT_DIR}
-    script = (
-        f"until [ -f {OUTPUT_DIR}/{COMPLETION_MARKER} ] || [ -f {OUTPUT_DIR}/{FAILURE_MARKER} ]; "
-        "do sleep 5; done; "
-        f'if [ -f {OUTPUT_DIR}/{FAILURE_MARKER} ]; then echo "tuning failed; nothing to push"; '
-        "exit 1; fi; "
-        f"cd {OUTPUT_DIR} && oras push {dest.image} "
-        "--artifact-type application/vnd.kaito.adapter.v1 ."
-    )
+    meta = ws.metadata
     pusher: Obj = {
-        "name": "pusher",
-        "image": PUSHER_IMAGE,
+        "name": PUSHER_CONTAINER,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/sh", "-c", script],
-        "env": [{"name": "DOCKER_CONFIG", "value": "/root/.docker"}],
+        "command": [
+            "python",
+            "-m",
+            "kaito_tuning.push",
+            "--image",
+            dest.image,
+            "--source",
+            OUTPUT_DIR,
+            "--docker-config",
+            f"{PUSH_SECRET_DIR}/{DOCKER_CONFIG_KEY}",
+            "--secret-name",
+            dest.image_push_secret,
+            "--wait-for",
+            f"{OUTPUT_DIR}/{COMPLETION_MARKER}",
+            "--fail-marker",
+            f"{OUTPUT_DIR}/{FAILURE_MARKER}",
+            "--label",
+            f"{LABEL_PRESET}={preset}",
+            "--label",
+            f"{LABEL_WORKSPACE}={meta.namespace}/{meta.name}",
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             mount,
-            {"name": "push-secret", "mountPath": "/root/.docker", "readOnly": True},
+            {"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True},
         ],
     }
     return volumes, [mount], [pusher]
@@ -170,7 +194,7 @@ def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Re
     options = spec.options
     image = options.image if spec.access_mode == "private" and options.image else preset.image
     in_volumes, in_mounts, inits = _input_parts(ws, image)
-    out_volumes, out_mounts, sidecars = _output_parts(ws)
+    out_volumes, out_mounts, sidecars = _output_parts(ws, image, preset.name)
     shm, shm_mount = podspec.shm_volume()
     volumes = [shm, *in_volumes, *out_volumes]
     mounts = [shm_mount, *in_mounts, *out_mounts]

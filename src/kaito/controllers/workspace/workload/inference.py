@@ -21,9 +21,13 @@ reconcile's `WorkspacePlan`; nothing here looks anything up.
   Rolling updates never surge: a GPU node cannot hold two copies of the model, so a
   surge pod would stay Pending forever and the rollout with it.
 - adapters: an emptyDir at ``/mnt/adapter``; an adapter from an image gets an init
-  container that copies the image's ``/data`` into ``/mnt/adapter/<name>``, one from a
-  volume is mounted there read-only; env ``<name>=<strength>``; the adapters' pull
-  secrets join the pod's.
+  container running the inference image, ``python -m kaito_inference.adapter_pull``,
+  which pulls the adapter image over the registry API and writes its ``/data`` to
+  ``/mnt/adapter/<name>`` (an adapter image has no shell to copy with, so kubelet does
+  not run it); the adapter's ``imagePullSecrets`` are mounted for it at
+  ``/mnt/pull-secrets/<secret>``, not added to the pod's (kubelet never pulls the
+  adapter image). One from a volume is mounted there read-only; env
+  ``<name>=<strength>``.
 - a custom ``inference.template`` runs as given (its pod spec), with the Workspace's
   labels, scheduling and GPU tolerations added.
 """
@@ -62,6 +66,10 @@ CONFIG_FILE = "inference_config.yaml"
 WORKLOAD_CONTAINER = "inference"
 ANNOTATION_ENGINE = "kaito.sh/runtime-selected"
 """On the pod template: the engine that runs and why (``vllm: default engine``)."""
+
+PULL_SECRETS_DIR = "/mnt/pull-secrets"
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+"""The key of a ``kubernetes.io/dockerconfigjson`` Secret."""
 
 STARTUP_FAILURES = 180
 """x 10 s: how long the startup probe gives the server to load weights (30 min)."""
@@ -104,9 +112,6 @@ def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
     options = spec.options
     image = options.image if spec.access_mode == "private" and options.image else preset.image
     secrets = [*options.image_pull_secrets]
-    for adapter in ws.inference.adapters:
-        if adapter.source is not None:
-            secrets += adapter.source.image_pull_secrets
     return InferencePlan(
         workspace=plan,
         preset=preset,
@@ -140,10 +145,11 @@ def _probes() -> Obj:
 
 
 def _adapter_parts(
-    ws: Workspace, adapters_dir: str
+    ws: Workspace, adapters_dir: str, image: str
 ) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]:
     """(volumes, main-container mounts, init containers, env) for the adapters, which
-    live under ``adapters_dir`` (the catalog's, where the server looks for them)."""
+    live under ``adapters_dir`` (the catalog's, where the server looks for them); an
+    adapter image is pulled by an init container running ``image`` (the server's)."""
     assert ws.inference is not None
     adapters = ws.inference.adapters
     if not adapters:
@@ -152,6 +158,7 @@ def _adapter_parts(
     mounts: list[Obj] = [{"name": "adapters", "mountPath": adapters_dir}]
     inits: list[Obj] = []
     env: list[Obj] = []
+    secret_volumes: dict[str, str] = {}
     for i, adapter in enumerate(adapters):
         source = adapter.source
         if source is None:
@@ -162,13 +169,41 @@ def _adapter_parts(
             volumes.append({"name": volume, **copy.deepcopy(source.volume_source)})
             mounts.append({"name": volume, "mountPath": target, "readOnly": True})
         elif source.image:
+            command = [
+                "python",
+                "-m",
+                "kaito_inference.adapter_pull",
+                "--image",
+                source.image,
+                "--dest",
+                target,
+            ]
+            init_mounts: list[Obj] = [{"name": "adapters", "mountPath": adapters_dir}]
+            for secret in dict.fromkeys(s for s in source.image_pull_secrets if s):
+                if secret not in secret_volumes:
+                    secret_volumes[secret] = f"pull-secret-{len(secret_volumes)}"
+                    volumes.append(
+                        {
+                            "name": secret_volumes[secret],
+                            "secret": {
+                                "secretName": secret,
+                                "items": [{"key": DOCKER_CONFIG_KEY, "path": DOCKER_CONFIG_KEY}],
+                            },
+                        }
+                    )
+                folder = f"{PULL_SECRETS_DIR}/{secret}"
+                command += ["--docker-config", f"{folder}/{DOCKER_CONFIG_KEY}"]
+                init_mounts.append(
+                    {"name": secret_volumes[secret], "mountPath": folder, "readOnly": True}
+                )
             inits.append(
                 {
                     "name": f"adapter-{i}",
-                    "image": source.image,
+                    "image": image,
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["/bin/sh", "-c", f"mkdir -p {target} && cp -r /data/. {target}/"],
-                    "volumeMounts": [{"name": "adapters", "mountPath": adapters_dir}],
+                    "command": command,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": init_mounts,
                 }
             )
         env.append({"name": source.name, "value": adapter.strength or "1.0"})
@@ -193,7 +228,7 @@ def _engine_config(plan: InferencePlan) -> str:
 def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
     assert ws.inference is not None
     adapter_volumes, adapter_mounts, inits, env = _adapter_parts(
-        ws, plan.workspace.defaults.adapters_dir
+        ws, plan.workspace.defaults.adapters_dir, plan.image
     )
     shm, shm_mount = podspec.shm_volume()
     command = inference_command(
