@@ -44,6 +44,11 @@ def add_commands(sub: Any) -> None:
     node_agent_cli.add_arguments(
         sub.add_parser("node-agent", help="run pods bound to emulated GPU nodes as local processes")
     )
+    from kaito.dev.hfhub import cli as hf_hub_cli
+
+    hf_hub_cli.add_arguments(
+        sub.add_parser("hf-hub", help="serve a Hugging Face hub emulator (HF_ENDPOINT) with faults")
+    )
 
 
 def _progress(t0: float) -> Any:

@@ -1,5 +1,5 @@
-"""The local KAITO stack on top of the control plane: CRDs, RBAC, AKS emulator, controllers,
-node agent.
+"""The local KAITO stack on top of the control plane: CRDs, RBAC, a local OCI registry,
+the AKS emulator, controllers, node agent.
 
 Each component runs as its own process, started with the same command a container
 would run (``kaito dev aks-emulator``, ``kaito gpu-provisioner``, ...), in a new
@@ -24,6 +24,7 @@ import yaml
 
 from kaito.dev import identities
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState, free_port
+from kaito.dev.registry import LocalRegistry
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import AlreadyExists
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS
@@ -167,6 +168,16 @@ class Stack:
         self.wait_for("the workspace controller's /readyz", lambda: _http_ok(probes), pid,
                       timeout=60)  # fmt: skip
 
+    def start_registry(self) -> str:
+        """The local OCI registry (anonymous); returns its address, ``127.0.0.1:PORT``."""
+        registry = LocalRegistry(self.dir / "registry").start()
+        assert registry.process is not None
+        self.state.pids["registry"] = registry.process.pid
+        self.state.save()
+        self.ports["registry"] = registry.port
+        self.say(f"local OCI registry (docker-registry) at {registry.address}")
+        return registry.address
+
     def start_node_agent(self) -> None:
         """The kubelet stand-in: runs pods bound to the emulated GPU nodes as processes."""
         self.say("starting the node agent (runs the inference and tuning pods on CPU)")
@@ -213,12 +224,14 @@ async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -
             for ident in identities.CONTROLLERS
         }
     stack = Stack(state, say=say)
+    registry = stack.start_registry()
     arm_env = stack.start_aks_emulator(create_latency=0.5)
     stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
     stack.start_workspace_controller(kubeconfigs["workspace-controller"])
     stack.start_node_agent()
     info = {
         "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
+        "registry": registry,
         "logs": str(stack.logs),
         "ports": stack.ports,
     }

@@ -328,3 +328,20 @@ def test_a_preset_built_locally_has_nothing_to_fetch() -> None:
     assert model_path(tiny, cat.defaults) == "/workspace/weights"
     with pytest.raises(ValueError, match="no huggingFace source"):
         fetch_command(tiny, cat.defaults)
+
+
+@pytest.mark.parametrize("name", [n for n, p in load_catalog().presets.items() if p.hugging_face])
+def test_every_fetch_command_parses_with_the_fetchers_own_parser(name: str) -> None:
+    """The init container's argv, parsed by ``python -m kaito_inference.fetch``'s parser:
+    the folder it fills is the one the server's ``--model`` names."""
+    from kaito_inference.fetch.cli import parse_args
+
+    cat = load_catalog()
+    preset = cat.presets[name]
+    argv = fetch_command(preset, cat.defaults)
+    assert argv[:3] == ["python", "-m", "kaito_inference.fetch"]
+    args = parse_args(argv[3:])
+    assert preset.hugging_face is not None
+    assert (args.repo, args.revision) == (preset.hugging_face.repo, preset.hugging_face.revision)
+    folder = f"{args.cache_dir}/{args.repo.replace('/', '--')}@{args.revision}"
+    assert folder == model_path(preset, cat.defaults)
