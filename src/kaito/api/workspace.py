@@ -124,12 +124,23 @@ class ResourceSpec(ApiModel):
     )
 
 
+MODEL_ACCESS_SECRET_KEY = "HF_TOKEN"
+"""The key of ``presetOptions.modelAccessSecret`` that holds the Hugging Face token."""
+
+
 class PresetOptions(ApiModel):
     image: str = Field(
         default="", description="The model image; required when accessMode is private."
     )
     image_pull_secrets: list[str] = Field(
         default_factory=list, description="Secrets in the workspace's namespace to pull it."
+    )
+    model_access_secret: str = Field(
+        default="",
+        description=(
+            "A Secret in the workspace's namespace whose key HF_TOKEN is the Hugging Face "
+            "token that downloads the preset's weights; required for gated presets."
+        ),
     )
 
 
@@ -142,7 +153,8 @@ class PresetSpec(ApiModel):
         description="public: the catalog's image; private: presetOptions.image. Default public.",
     )
     preset_options: PresetOptions | None = Field(
-        default=None, description="Image overrides for private access."
+        default=None,
+        description="Image overrides for private access; the token Secret for gated models.",
     )
 
     @property

@@ -21,10 +21,18 @@ Engine choice (`select_runtime`), in order:
 4. transformers when an adapter asks for a strength other than 1: vLLM applies LoRA
    adapters at full weight, only the transformers engine merges them weighted;
 5. vLLM otherwise.
+
+Images and weights: every preset runs the project's own images,
+``<registry>/kaito-python/inference:<version>`` and ``.../tuning:<version>`` (`Images`;
+the registry is the workspace controller's one setting, `Catalog.with_image_registry`,
+default `DEFAULT_IMAGE_REGISTRY`). A preset's weights are data: an init container runs
+`fetch_command` to download ``huggingFace.repo`` at its pinned revision into the node's
+model cache, and the server loads `model_path` (``<cache>/<org>--<name>@<revision>``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,21 +43,31 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from kaito import __version__
 from kaito.api.workspace import Runtime
 from kaito.presets.skus import GpuSku, load_skus
 from kaito.runtime.quantity import quantity_gib
 
 __all__ = [
+    "DEFAULT_IMAGE_REGISTRY",
     "VLLM_MIN_COMPUTE_CAPABILITY",
     "Catalog",
     "Defaults",
     "EngineParams",
+    "Images",
     "Preset",
     "RuntimeChoice",
+    "check_image_registry",
+    "fetch_command",
     "inference_command",
     "load_catalog",
+    "model_path",
     "select_runtime",
 ]
+
+DEFAULT_IMAGE_REGISTRY = "ghcr.io/kaito-project"
+"""Where the project's images are published, the default of ``--image-registry``
+(the controller's own image in deploy/ is ``ghcr.io/kaito-project/kaito-python/controller``)."""
 
 VLLM_MIN_COMPUTE_CAPABILITY = (7, 5)
 """vLLM's CUDA kernels need Turing (7.5) or newer; V100 (7.0) runs the transformers engine."""
@@ -77,8 +95,15 @@ class EngineParams(_Data):
 
 
 class HuggingFaceSource(_Data):
-    repo: str
+    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+    """``<org>/<name>`` on the hub."""
     revision: str = Field(pattern=r"^[0-9a-f]{40}$")
+    """A commit, so a preset always means the same bytes."""
+
+    @property
+    def cache_name(self) -> str:
+        """The folder of this repo@revision in the model cache (the fetcher's layout)."""
+        return f"{self.repo.replace('/', '--')}@{self.revision}"
 
 
 class Preset(_Data):
@@ -96,9 +121,6 @@ class Preset(_Data):
     distributed: bool = False
     download_auth_required: bool = False
     deprecated: bool = False
-    tag: str
-    image: str
-    """The catalog's model image for public access: ``<registry>/kaito-<name>:<tag>``."""
 
     @field_validator("total_gpu_memory", "per_gpu_memory", "disk")
     @classmethod
@@ -118,24 +140,79 @@ class Preset(_Data):
         return self.vllm if runtime is Runtime.VLLM else self.transformers
 
 
+class ImageRepositories(_Data):
+    inference: str
+    tuning: str
+
+
 class Defaults(_Data):
-    image_registry: str
+    images: ImageRepositories
+    """The images' repositories under the registry (``kaito-python/inference``)."""
     command: list[str]
+    fetch_command: list[str]
+    """The weights fetcher in the inference image (``python -m kaito_inference.fetch``)."""
+    model_cache_dir: str
+    """The node-local model cache (a hostPath): one folder per repo@revision."""
     weights_dir: str
+    """The weights of a preset no fetch brings: a private preset's image, or local."""
     adapters_dir: str
     port: int
     vllm: EngineParams
     transformers: EngineParams
 
 
+def check_image_registry(registry: str) -> str:
+    """``registry`` without a trailing slash; ValueError naming what is wrong with it.
+
+    A registry host, optionally with a port and a path (``myacr.azurecr.io``,
+    ``127.0.0.1:5000/kaito``): no scheme, no tag, no whitespace."""
+    value = registry.strip().rstrip("/")
+    if not value:
+        raise ValueError("the image registry is empty (e.g. myacr.azurecr.io)")
+    if "://" in value:
+        raise ValueError(f"image registry {registry!r}: give a host[:port][/path], no scheme")
+    path = value.partition("/")[2]
+    if any(c.isspace() for c in value) or "@" in value or ":" in path:
+        raise ValueError(
+            f"image registry {registry!r}: give a host[:port][/path], no tag, digest or spaces"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Images:
+    """The project's own images every preset runs, resolved for one registry."""
+
+    registry: str
+    inference: str
+    """``<registry>/kaito-python/inference:<version>``: the server and the weights fetcher."""
+    tuning: str
+    """``<registry>/kaito-python/tuning:<version>``: the tuning entrypoint and downloader."""
+
+
 @dataclass(frozen=True)
 class Catalog:
-    """The presets (``models.yaml``) and the GPU SKU table (``skus.yaml``) together."""
+    """The presets (``models.yaml``) and the GPU SKU table (``skus.yaml``) together, with
+    the registry the project's images are pulled from."""
 
     defaults: Defaults
     presets: dict[str, Preset]
     skus: Mapping[str, GpuSku] = field(default_factory=dict)
     """VM sizes keyed lower-cased; empty means every size is unknown (CPU-only)."""
+    image_registry: str = DEFAULT_IMAGE_REGISTRY
+
+    @property
+    def images(self) -> Images:
+        repos, reg = self.defaults.images, self.image_registry
+        return Images(
+            registry=reg,
+            inference=f"{reg}/{repos.inference}:{__version__}",
+            tuning=f"{reg}/{repos.tuning}:{__version__}",
+        )
+
+    def with_image_registry(self, registry: str) -> Catalog:
+        """This catalog with its images in ``registry`` (checked, `check_image_registry`)."""
+        return dataclasses.replace(self, image_registry=check_image_registry(registry))
 
     def get(self, name: str) -> Preset | None:
         """The preset called ``name`` (any case), or None."""
@@ -177,7 +254,6 @@ def parse_catalog(data: Any, *, skus: Mapping[str, GpuSku] | None = None) -> Cat
             if raw.get("vllm", {}) is not None:
                 raw["vllm"] = _merge_engine(defaults.vllm, raw.get("vllm", {}))
             raw["transformers"] = _merge_engine(defaults.transformers, raw.get("transformers", {}))
-            raw["image"] = f"{defaults.image_registry}/kaito-{raw.get('name')}:{raw.get('tag')}"
             preset = Preset.model_validate(raw)
         except (ValidationError, ValueError) as e:
             raise ValueError(f"models.yaml: preset {label} is invalid: {e}") from e
@@ -243,6 +319,34 @@ def select_runtime(
     return RuntimeChoice(Runtime.VLLM, "default engine")
 
 
+# -- the weights ----------------------------------------------------------------------
+
+
+def model_path(preset: Preset, defaults: Defaults) -> str:
+    """Where the server and the tuning run find ``preset``'s weights: its folder in the
+    node's model cache, or ``weightsDir`` for a preset built locally."""
+    if preset.hugging_face is None:
+        return defaults.weights_dir
+    return f"{defaults.model_cache_dir}/{preset.hugging_face.cache_name}"
+
+
+def fetch_command(preset: Preset, defaults: Defaults) -> list[str]:
+    """The init container's command that fills `model_path` (the inference image's
+    fetcher); ValueError for a preset with no hub source."""
+    hf = preset.hugging_face
+    if hf is None:
+        raise ValueError(f"preset {preset.name} has no huggingFace source to fetch")
+    return [
+        *defaults.fetch_command,
+        "--repo",
+        hf.repo,
+        "--revision",
+        hf.revision,
+        "--cache-dir",
+        defaults.model_cache_dir,
+    ]
+
+
 # -- the command line -----------------------------------------------------------------
 
 
@@ -278,9 +382,11 @@ def inference_command(
     adapter_count: int = 0,
     config_file: str | None = None,
     catalog: Catalog | None = None,
+    model: str | None = None,
 ) -> list[str]:
     """The inference container's command: ``python -m kaito_inference --engine ...``.
 
+    - ``--model``: ``model``, by default the preset's `model_path`;
     - ``--served-model-name`` is the preset's name, the id clients put in ``model``;
     - ``--dtype``: the preset's, with bfloat16 lowered to float16 on pre-Ampere GPUs;
     - ``--gpu-memory-utilization`` (vLLM only: transformers allocates as it goes);
@@ -302,7 +408,7 @@ def inference_command(
         "--engine",
         str(runtime),
         "--model",
-        cat.defaults.weights_dir,
+        model or model_path(preset, cat.defaults),
         "--served-model-name",
         preset.name,
         "--dtype",

@@ -113,7 +113,35 @@ async def test_tuning_workspace_is_admitted(
     await client.delete(WORKSPACES, created["metadata"]["name"], namespace)
 
 
+async def test_a_gated_preset_naming_its_token_secret_is_admitted_and_keeps_the_field(
+    client: Client, namespace: str, webhook: WebhookServer
+) -> None:
+    """The CRD's schema carries ``presetOptions.modelAccessSecret`` (the apiserver prunes
+    fields its schema lacks), in both versions."""
+    preset = {"name": "llama-3.1-8b-instruct", "presetOptions": {"modelAccessSecret": "hf"}}
+    for resource in (WORKSPACES, WORKSPACES_V1ALPHA1):
+        obj = workspace(
+            metadata__name=f"gated-{resource.version}",
+            resource__instanceType="Standard_NC24ads_A100_v4",
+            inference__preset=preset,
+        )
+        obj["apiVersion"] = resource.api_version
+        created = await client.create(resource, in_namespace(obj, namespace))
+        assert created["inference"]["preset"]["presetOptions"]["modelAccessSecret"] == "hf"
+        await client.delete(resource, created["metadata"]["name"], namespace)
+
+
 THROUGH_APISERVER: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "gated preset without a token Secret",
+        workspace(
+            resource__instanceType="Standard_NC24ads_A100_v4",
+            inference__preset__name="llama-3.1-8b-instruct",
+        ),
+        "inference.preset.presetOptions.modelAccessSecret: preset llama-3.1-8b-instruct is "
+        "gated on Hugging Face (meta-llama/Llama-3.1-8B-Instruct): name a Secret in the "
+        "workspace's namespace whose key HF_TOKEN holds a token",
+    ),
     (
         "too little GPU memory",
         workspace(inference__preset__name="phi-3-medium-4k-instruct"),

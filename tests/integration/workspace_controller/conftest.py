@@ -28,6 +28,7 @@ import pytest
 from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
 from kaito.controllers.workspace.nodes.provisioning import Provisioning
+from kaito.presets.catalog import load_catalog
 from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -142,6 +143,9 @@ async def register(client: Client, obj: Obj, status: Obj) -> None:
     await client.patch(NODES, name, {"spec": {"taints": obj["spec"]["taints"]}})
 
 
+IMAGE_REGISTRY = "registry.kaito.test:5000"
+"""The controllers' ``--image-registry``: every workload's images come from it."""
+
 WORKLOAD_KINDS = (DEPLOYMENTS, STATEFULSETS, REPLICASETS, SERVICES, CONFIGMAPS, JOBS, PODS)
 
 
@@ -194,6 +198,7 @@ class WsRig:
         self.controller = WorkspaceController(
             self.client,
             provisioning=provisioning,
+            catalog=load_catalog().with_image_registry(IMAGE_REGISTRY),
             manager_options=ManagerOptions(
                 component="workspace-controller",
                 namespace=self.namespace,

@@ -28,7 +28,15 @@ from kaito.runtime.resource import (
 from kaito.runtime.timestamps import now_rfc3339
 from tests.integration.polling import poll_until
 
-from .conftest import WsRig, condition, is_true, ready_node, register, workload_left
+from .conftest import (
+    IMAGE_REGISTRY,
+    WsRig,
+    condition,
+    is_true,
+    ready_node,
+    register,
+    workload_left,
+)
 
 Obj = dict[str, Any]
 
@@ -148,9 +156,19 @@ async def test_quick_start_workspaces_are_served_from_pods_the_scheduler_puts_on
         assert (condition(ws, "WorkspaceReady") or {})["status"] == "False"
         await wsrig.wait_event(name, "WorkloadCreated")
     adapter_pod = await scheduled_pod(client, wsrig, "workspace-phi-3-mini-adapter")
-    (init,) = adapter_pod["spec"]["initContainers"]
+    fetch, init = adapter_pod["spec"]["initContainers"]
+    # The weights first: our inference image, from the controller's registry, fetches
+    # them into the node's model cache (a hostPath the apiserver and scheduler accept).
+    ours = f"{IMAGE_REGISTRY}/kaito-python/inference:0.1.0"
+    assert (fetch["name"], fetch["image"]) == ("fetch-weights", ours)
+    assert fetch["command"][:3] == ["python", "-m", "kaito_inference.fetch"]
+    assert adapter_pod["spec"]["containers"][0]["image"] == ours
+    assert {
+        "name": "model-cache",
+        "hostPath": {"path": "/var/lib/kaito/models", "type": "DirectoryOrCreate"},
+    } in adapter_pod["spec"]["volumes"]
     # the server's image pulls the adapter image (which has no shell to copy with)
-    assert init["image"] == adapter_pod["spec"]["containers"][0]["image"]
+    assert init["image"] == ours
     assert init["command"][3:5] == ["--image", "myacr.azurecr.io/adapter:0.0.1"]
     assert adapter_pod["spec"]["containers"][0]["env"] == [
         {"name": "phi-3-adapter", "value": "1.0"}
@@ -299,6 +317,9 @@ async def test_a_tuning_workspace_gets_its_job_and_is_ready_when_the_job_succeed
     )
     tuning = job["spec"]["template"]["spec"]["containers"][0]
     assert tuning["command"][:3] == ["python", "-m", "kaito_tuning"]
+    assert tuning["image"] == f"{IMAGE_REGISTRY}/kaito-python/tuning:0.1.0"
+    (fetch,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert fetch["image"] == f"{IMAGE_REGISTRY}/kaito-python/inference:0.1.0"
     pod = await scheduled_pod(client, wsrig, name)
     assert pod["spec"]["nodeName"] == ws["status"]["workerNodes"][0]
     ws = await wsrig.wait(name, lambda w: is_true(w, "JobStarted"))

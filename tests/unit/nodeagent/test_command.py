@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +134,63 @@ def test_a_volume_mounted_at_the_weights_path_wins_over_the_stand_in() -> None:
 def test_untranslatable_container_raises() -> None:
     with pytest.raises(ValueError, match="not runnable"):
         translate(container("/bin/sh", "-c", "true"), python=PY, mounts=MountMap([]), pod_ip="x")
+
+
+FETCH = [
+    "python", "-m", "kaito_inference.fetch",
+    "--repo", "microsoft/Phi-3-mini-4k-instruct",
+    "--revision", "0a67737cc96d2554230f90338b163bc6380a2a85",
+    "--cache-dir", "/var/lib/kaito/models",
+]  # fmt: skip
+TARGET = "microsoft--Phi-3-mini-4k-instruct@0a67737cc96d2554230f90338b163bc6380a2a85"
+
+
+def test_a_weights_fetch_copies_the_stand_in_model_into_the_folder_it_would_fill(
+    tmp_path: Any,
+) -> None:
+    """With no hub in the stack, the fetch-weights init container puts the stand-in model
+    where the fetch would have put the weights; a second pod finds it there."""
+    import subprocess
+    import sys
+
+    stand_in = tmp_path / "tiny-model"
+    stand_in.mkdir()
+    (stand_in / "config.json").write_text("{}")
+    cache = tmp_path / "node-disk" / "var" / "lib" / "kaito" / "models"
+    cache.mkdir(parents=True)
+    mounts = MountMap([Mount("/var/lib/kaito/models", str(cache))])
+    c = container(*FETCH)
+    tr = translate(c, python=sys.executable, mounts=mounts, pod_ip="127.0.1.1",
+                   stand_in_model=lambda: str(stand_in))  # fmt: skip
+    assert tr.uses_stand_in_model
+    assert tr.adaptations == [
+        f"fetch of microsoft/Phi-3-mini-4k-instruct@{TARGET.split('@')[1]} -> the tiny "
+        f"stand-in model copied into /var/lib/kaito/models/{TARGET} (this stack has no hub "
+        "to fetch from)"
+    ]
+    assert tr.argv[-1] == str(cache / TARGET)
+    for expected in ("copied into", "already in the cache"):
+        out = subprocess.run(tr.argv, capture_output=True, text=True, check=True).stdout
+        assert expected in out
+    assert (cache / TARGET / "config.json").read_text() == "{}"
+
+
+def test_the_server_loading_from_the_cache_is_marked_as_serving_the_stand_in() -> None:
+    mounts = MountMap([Mount("/var/lib/kaito/models", "/nd/models")])
+    tr = translate(
+        container("python", "-m", "kaito_inference", "--model",
+                  f"/var/lib/kaito/models/{TARGET}", "--max-model-len", "4096"),
+        python=PY, mounts=mounts, pod_ip="127.0.1.1", stand_in_model=lambda: MODEL,
+    )  # fmt: skip
+    assert tr.uses_stand_in_model
+    assert tr.argv[tr.argv.index("--model") + 1] == f"/nd/models/{TARGET}"
+    assert tr.argv[tr.argv.index("--max-model-len") + 1] == "2048"
+
+
+def test_the_model_cache_hostpath_is_the_emulated_nodes_disk(tmp_path: Any) -> None:
+    from kaito.dev.nodeagent.volumes import host_path
+
+    disk = tmp_path / "node-disk"
+    assert host_path("/var/lib/kaito/models", disk) == disk / "var/lib/kaito/models"
+    assert host_path("/srv/data", disk) == Path("/srv/data")
+    assert host_path("/var/lib/kaitoX", disk) == Path("/var/lib/kaitoX")

@@ -7,6 +7,7 @@ The command lines are parsed by the inference server's own argument parser
 from __future__ import annotations
 
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 
 from kaito.api.workspace import Runtime
 from kaito.presets.catalog import (
+    check_image_registry,
+    fetch_command,
     inference_command,
     load_catalog,
+    model_path,
     parse_catalog,
     select_runtime,
 )
@@ -24,6 +28,8 @@ from kaito.runtime.quantity import quantity_gib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "images" / "inference"))
 from kaito_inference.config import parse_settings
+
+ROOT = Path(__file__).resolve().parents[3]
 
 # WORKSPACE.md's table: preset, GPUs, total GPU memory, per-GPU memory, disk, tuning.
 TABLE = [
@@ -95,8 +101,10 @@ def test_lookup_is_case_insensitive() -> None:
 def test_a_bad_catalog_entry_fails_at_load_naming_the_entry() -> None:
     data: dict[str, Any] = {
         "defaults": {
-            "imageRegistry": "r",
+            "images": {"inference": "i", "tuning": "t"},
             "command": ["python"],
+            "fetchCommand": ["python", "-m", "fetch"],
+            "modelCacheDir": "/c",
             "weightsDir": "/w",
             "adaptersDir": "/a",
             "port": 5000,
@@ -113,7 +121,6 @@ def test_a_bad_catalog_entry_fails_at_load_naming_the_entry() -> None:
                 "perGPUMemory": "0",
                 "disk": "1Gi",
                 "maxModelLen": 10,
-                "tag": "1",
             }
         ],
     }
@@ -246,6 +253,7 @@ def test_every_command_line_parses_with_the_inference_server(name: str, runtime:
     )
     settings = parse_settings(argv[3:])
     assert settings.engine == runtime.value
+    assert settings.model == model_path(preset, load_catalog().defaults)
     assert settings.served_model_name == name
     assert settings.max_model_len == preset.max_model_len
     assert settings.enable_lora is True
@@ -255,3 +263,85 @@ def test_the_catalog_carries_the_sku_table() -> None:
     cat = load_catalog()
     assert cat.sku("standard_nc12s_v3") == get_sku("Standard_NC12s_v3")
     assert cat.sku("Standard_D4s_v3") is None
+
+
+# -- images and weights ---------------------------------------------------------------
+
+
+def test_every_preset_runs_the_projects_images_tagged_with_the_operator_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    images = load_catalog().images
+    assert images.inference == f"ghcr.io/kaito-project/kaito-python/inference:{version}"
+    assert images.tuning == f"ghcr.io/kaito-project/kaito-python/tuning:{version}"
+
+
+def test_the_image_registry_is_one_setting() -> None:
+    cat = load_catalog().with_image_registry("127.0.0.1:5000/kaito/")
+    assert cat.images.inference == "127.0.0.1:5000/kaito/kaito-python/inference:0.1.0"
+    assert cat.images.tuning == "127.0.0.1:5000/kaito/kaito-python/tuning:0.1.0"
+    assert cat.presets is load_catalog().presets
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "empty"),
+        ("https://myacr.azurecr.io", "no scheme"),
+        ("myacr.azurecr.io/kaito:1", "no tag"),
+        ("my acr", "spaces"),
+    ],
+)
+def test_a_bad_image_registry_is_refused_with_the_reason(value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        check_image_registry(value)
+
+
+def test_the_catalog_names_no_upstream_image() -> None:
+    text = (ROOT / "src" / "kaito" / "presets" / "models.yaml").read_text()
+    assert "mcr.microsoft.com" not in text
+    assert "kaito-python/inference" in text
+
+
+def test_a_hub_preset_loads_from_its_folder_in_the_node_model_cache() -> None:
+    cat = load_catalog()
+    preset = cat.presets["phi-3-mini-4k-instruct"]
+    revision = "0a67737cc96d2554230f90338b163bc6380a2a85"
+    assert model_path(preset, cat.defaults) == (
+        f"/var/lib/kaito/models/microsoft--Phi-3-mini-4k-instruct@{revision}"
+    )
+    assert fetch_command(preset, cat.defaults) == [
+        "python",
+        "-m",
+        "kaito_inference.fetch",
+        "--repo",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "--revision",
+        revision,
+        "--cache-dir",
+        "/var/lib/kaito/models",
+    ]
+
+
+def test_a_preset_built_locally_has_nothing_to_fetch() -> None:
+    cat = load_catalog()
+    tiny = cat.presets["tiny-llama-test"]
+    assert model_path(tiny, cat.defaults) == "/workspace/weights"
+    with pytest.raises(ValueError, match="no huggingFace source"):
+        fetch_command(tiny, cat.defaults)
+
+
+@pytest.mark.parametrize("name", [n for n, p in load_catalog().presets.items() if p.hugging_face])
+def test_every_fetch_command_parses_with_the_fetchers_own_parser(name: str) -> None:
+    """The init container's argv, parsed by ``python -m kaito_inference.fetch``'s parser:
+    the folder it fills is the one the server's ``--model`` names."""
+    from kaito_inference.fetch.cli import parse_args
+
+    cat = load_catalog()
+    preset = cat.presets[name]
+    argv = fetch_command(preset, cat.defaults)
+    assert argv[:3] == ["python", "-m", "kaito_inference.fetch"]
+    args = parse_args(argv[3:])
+    assert preset.hugging_face is not None
+    assert (args.repo, args.revision) == (preset.hugging_face.repo, preset.hugging_face.revision)
+    folder = f"{args.cache_dir}/{args.repo.replace('/', '--')}@{args.revision}"
+    assert folder == model_path(preset, cat.defaults)

@@ -76,7 +76,24 @@ VALID = {
     ),
     "llama-3.3-70b on 4 A100 80GB": workspace(
         resource__instanceType="Standard_NC96ads_A100_v4",
-        inference__preset__name="llama-3.3-70b-instruct",
+        inference__preset={
+            "name": "llama-3.3-70b-instruct",
+            "presetOptions": {"modelAccessSecret": "hf-token"},
+        },
+    ),
+    "gated preset from a private image (no download, no token)": workspace(
+        resource__instanceType="Standard_NC24ads_A100_v4",
+        inference__preset={
+            "name": "llama-3.1-8b-instruct",
+            "accessMode": "private",
+            "presetOptions": {"image": "myacr.azurecr.io/llama:1"},
+        },
+    ),
+    "a token Secret for a public preset too": workspace(
+        inference__preset={
+            "name": "phi-3-mini-4k-instruct",
+            "presetOptions": {"modelAccessSecret": "hf-token"},
+        },
     ),
     "private image": workspace(
         inference__preset={
@@ -156,6 +173,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "private access without an image",
         workspace(inference__preset__accessMode="private"),
         "inference.preset.presetOptions.image: accessMode private needs presetOptions.image",
+    ),
+    (
+        "gated preset without a token Secret",
+        workspace(
+            resource__instanceType="Standard_NC24ads_A100_v4",
+            inference__preset__name="llama-3.1-8b-instruct",
+        ),
+        "inference.preset.presetOptions.modelAccessSecret: preset llama-3.1-8b-instruct is "
+        "gated on Hugging Face (meta-llama/Llama-3.1-8B-Instruct): name a Secret in the "
+        "workspace's namespace whose key HF_TOKEN holds a token with access to it",
+    ),
+    (
+        "token Secret name that is not a Secret name",
+        workspace(
+            inference__preset={
+                "name": "phi-3-mini-4k-instruct",
+                "presetOptions": {"modelAccessSecret": "HF Token"},
+            },
+        ),
+        'inference.preset.presetOptions.modelAccessSecret: "HF Token" is not a valid Secret name',
     ),
     (
         "unknown instance type",

@@ -18,6 +18,7 @@ from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STAT
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 REV = "a" * 64
 CATALOG = load_catalog()
+PHI3_REVISION = "0a67737cc96d2554230f90338b163bc6380a2a85"
 
 Obj = dict[str, Any]
 
@@ -106,7 +107,8 @@ def test_adapter_image_is_pulled_by_an_init_container_running_the_server_image()
     pod = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"][
         "spec"
     ]["template"]["spec"]
-    (init,) = pod["initContainers"]
+    fetch, init = pod["initContainers"]
+    assert fetch["name"] == "fetch-weights"  # the weights first, then the adapters
     (container,) = pod["containers"]
     # The adapter image has no shell: our puller (in the server's image) fetches it.
     assert init["image"] == container["image"]
@@ -146,7 +148,7 @@ def test_adapter_pull_secrets_are_mounted_for_the_puller_not_given_to_kubelet() 
         "spec"
     ]["template"]["spec"]
     assert "imagePullSecrets" not in pod  # kubelet never pulls an adapter image
-    first_init, second_init = pod["initContainers"]
+    _fetch, first_init, second_init = pod["initContainers"]
     assert first_init["command"][-2:] == [
         "--docker-config",
         "/mnt/pull-secrets/acr-pull/.dockerconfigjson",
@@ -193,7 +195,7 @@ def test_adapter_from_a_volume_is_mounted_read_only_under_its_name() -> None:
     pod = by_kind(inference_objects(ws2, resolve_plan(ws2, CATALOG), revision=REV))["Deployment"][
         "spec"
     ]["template"]["spec"]
-    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-weights"]
     assert {"name": "adapter-0", "hostPath": {"path": "/srv/adapters/tuned"}} in pod["volumes"]
     (container,) = pod["containers"]
     assert {"name": "adapter-0", "mountPath": "/mnt/adapter/tuned", "readOnly": True} in container[
@@ -310,14 +312,17 @@ def test_tuning_with_urls_downloads_then_pushes_with_a_sidecar() -> None:
     assert job["spec"]["backoffLimit"] == 2
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    (init,) = pod["initContainers"]
+    fetch, init = pod["initContainers"]
+    assert fetch["name"] == "fetch-weights"
+    assert fetch["image"] == "ghcr.io/kaito-project/kaito-python/inference:0.1.0"
     assert init["command"] == ["python", "-m", "kaito_tuning.download", "--output", "/mnt/data"]
     assert init["args"] == ["https://example.com/data.jsonl"]
     tuning, pusher = pod["containers"]
-    assert tuning["image"] == init["image"]  # the preset's image: weights + kaito_tuning
+    assert tuning["image"] == init["image"] == "ghcr.io/kaito-project/kaito-python/tuning:0.1.0"
     script = tuning["command"][-1]
     assert script.startswith(
-        "python -m kaito_tuning --method qlora --model /workspace/weights --data /mnt/data "
+        "python -m kaito_tuning --method qlora --model /var/lib/kaito/models/"
+        f"microsoft--Phi-3-mini-4k-instruct@{PHI3_REVISION} --data /mnt/data "
         "--output /mnt/output --config /mnt/config/training_config.yaml || "
     )
     assert tuning["resources"]["limits"] == {"nvidia.com/gpu": "1"}
@@ -366,7 +371,7 @@ def test_tuning_with_volumes_mounts_them_and_runs_the_tuner_directly() -> None:
     )
     _, job = tuning_job(ws, resolve_plan(ws, CATALOG), revision=REV)
     pod = job["spec"]["template"]["spec"]
-    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-weights"]
     (tuning,) = pod["containers"]
     assert tuning["command"] == [
         "python",
@@ -375,7 +380,7 @@ def test_tuning_with_volumes_mounts_them_and_runs_the_tuner_directly() -> None:
         "--method",
         "qlora",
         "--model",
-        "/workspace/weights",
+        f"/var/lib/kaito/models/microsoft--Phi-3-mini-4k-instruct@{PHI3_REVISION}",
         "--data",
         "/mnt/data",
         "--output",

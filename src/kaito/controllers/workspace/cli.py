@@ -4,23 +4,29 @@ The Deployment's entrypoint. The cluster comes from in-cluster config or
 ``--kubeconfig``; the webhook (``--webhook-*`` flags,
 `kaito.controllers.workspace.admission.cli`) serves beside the manager on every
 replica, while the reconciler runs only on the leader when ``--leader-elect`` is on.
-SIGTERM/SIGINT stop it gracefully; a lost Lease exits 1 so that Kubernetes restarts the
-pod as a follower.
+``--image-registry`` (env ``KAITO_IMAGE_REGISTRY``, default ``ghcr.io/kaito-project``)
+is where every workload's images come from: ``<registry>/kaito-python/inference:<version>``
+and ``<registry>/kaito-python/tuning:<version>``. SIGTERM/SIGINT stop it gracefully; a
+lost Lease exits 1 so that Kubernetes restarts the pod as a follower.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 import structlog
 
 from kaito.controllers.workspace.admission import cli as webhook_cli
 from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
+from kaito.presets.catalog import DEFAULT_IMAGE_REGISTRY, check_image_registry, load_catalog
 from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
 
-__all__ = ["add_commands"]
+__all__ = ["IMAGE_REGISTRY_ENV", "add_commands"]
+
+IMAGE_REGISTRY_ENV = "KAITO_IMAGE_REGISTRY"
 
 log = structlog.get_logger("kaito.controllers.workspace.cli")
 
@@ -41,8 +47,23 @@ def add_commands(sub: Any) -> None:
         help="how missing GPU nodes are made: machine (KAITO's gpu-provisioner, default), "
         "nodeclaim (Karpenter v1 NodeClaims) or byo (never: bring your own nodes)",
     )
+    p.add_argument(
+        "--image-registry",
+        type=_registry,
+        default=os.environ.get(IMAGE_REGISTRY_ENV) or DEFAULT_IMAGE_REGISTRY,
+        help="the registry holding the project's images: workloads run "
+        "<registry>/kaito-python/inference:<version> and .../tuning:<version> "
+        f"(env {IMAGE_REGISTRY_ENV}; default {DEFAULT_IMAGE_REGISTRY})",
+    )
     webhook_cli.add_arguments(p)
     p.set_defaults(func=cmd_workspace_controller)
+
+
+def _registry(value: str) -> str:
+    try:
+        return check_image_registry(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def cmd_workspace_controller(args: argparse.Namespace) -> int:
@@ -53,9 +74,11 @@ async def _run(args: argparse.Namespace) -> int:
     from kaito.controllers.workspace.app import WorkspaceController
     from kaito.runtime.client import Client, ClientConfig
 
+    catalog = load_catalog().with_image_registry(args.image_registry)
     async with Client(await ClientConfig.load(args.kubeconfig)) as client:
         ctrl = WorkspaceController(
             client,
+            catalog=catalog,
             workers=args.workers,
             provisioning=Provisioning(Mode(args.node_provisioning_mode)),
             manager_options=manager_options(
@@ -67,6 +90,8 @@ async def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             leader_elect=args.leader_elect,
             node_provisioning_mode=args.node_provisioning_mode,
+            inference_image=catalog.images.inference,
+            tuning_image=catalog.images.tuning,
             webhook=not args.no_webhook,
         )
         hook = None if args.no_webhook else webhook_cli.options_from_args(args)

@@ -9,6 +9,11 @@ pure builders: the Machines or NodeClaims (disk), the inference objects (preset,
 GPUs, the catalog's command line and directories) and the tuning Job (preset, GPUs).
 So no builder reaches for a module-level catalog, and every builder of one reconcile
 sees the same answers.
+
+The plan also carries the images every pod runs (the catalog's `Images`, for the
+controller's ``--image-registry``) and where the preset's weights come from (`Weights`):
+fetched into the node's model cache by an init container, or already in the image (a
+private preset's own image, or a preset built locally).
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kaito.api.workspace import ANNOTATION_RUNTIME, PresetSpec, Workspace
-from kaito.presets.catalog import Catalog, Defaults, Preset, RuntimeChoice, select_runtime
+from kaito.presets.catalog import (
+    Catalog,
+    Defaults,
+    Images,
+    Preset,
+    RuntimeChoice,
+    fetch_command,
+    model_path,
+    select_runtime,
+)
 from kaito.presets.skus import GpuSku
 
-__all__ = ["DEFAULT_DISK", "PresetNotFound", "WorkspacePlan", "resolve_plan"]
+__all__ = ["DEFAULT_DISK", "PresetNotFound", "Weights", "WorkspacePlan", "resolve_plan"]
 
 
 DEFAULT_DISK = "100Gi"
@@ -29,6 +43,21 @@ DEFAULT_DISK = "100Gi"
 class PresetNotFound(ValueError):
     """The Workspace names a preset the catalog does not have (the webhook refuses these,
     so it means the webhook was bypassed or the catalog shrank under a live Workspace)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a preset's weights come from for one Workspace."""
+
+    model: str
+    """The path the server (``--model``) and the tuning run load."""
+    fetch: tuple[str, ...] = ()
+    """The init container's command that downloads them into the node's model cache;
+    empty when the image already holds them."""
+    cache_dir: str = ""
+    """The node's model cache (a hostPath) when they are fetched."""
+    token_secret: str = ""
+    """``presetOptions.modelAccessSecret``: the Secret whose ``HF_TOKEN`` the fetch reads."""
 
 
 @dataclass(frozen=True)
@@ -48,10 +77,17 @@ class WorkspacePlan:
     gpus_per_node: int
     """``nvidia.com/gpu`` of each pod: the SKU's GPUs (one pod uses all of its node's);
     for a size outside the table, the preset's share per node; else 1."""
+    weights: Weights | None = None
+    """The preset's weights; None for a custom template."""
 
     @property
     def defaults(self) -> Defaults:
         return self.catalog.defaults
+
+    @property
+    def images(self) -> Images:
+        """The project's inference and tuning images, in the controller's registry."""
+        return self.catalog.images
 
 
 def _preset_spec(ws: Workspace) -> PresetSpec | None:
@@ -68,6 +104,20 @@ def _gpus_per_node(ws: Workspace, preset: Preset | None, sku: GpuSku | None) -> 
     if preset is not None and preset.gpus > 0:
         return max(1, -(-preset.gpus // ws.resource.count))
     return 1
+
+
+def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults) -> Weights:
+    options = spec.options
+    if spec.access_mode == "private" and options.image:
+        return Weights(model=defaults.weights_dir)  # the user's image holds them
+    if preset.hugging_face is None:
+        return Weights(model=model_path(preset, defaults))
+    return Weights(
+        model=model_path(preset, defaults),
+        fetch=tuple(fetch_command(preset, defaults)),
+        cache_dir=defaults.model_cache_dir,
+        token_secret=options.model_access_secret,
+    )
 
 
 def resolve_plan(ws: Workspace, catalog: Catalog) -> WorkspacePlan:
@@ -94,4 +144,9 @@ def resolve_plan(ws: Workspace, catalog: Catalog) -> WorkspacePlan:
         runtime=runtime,
         disk=preset.disk if preset is not None else DEFAULT_DISK,
         gpus_per_node=_gpus_per_node(ws, preset, sku),
+        weights=(
+            _weights(spec, preset, catalog.defaults)
+            if spec is not None and preset is not None
+            else None
+        ),
     )

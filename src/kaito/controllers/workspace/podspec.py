@@ -11,6 +11,11 @@
   ``gpus_per_node``, the SKU's): one pod uses all of its node's GPUs;
 - ``/dev/shm`` as an in-memory emptyDir (PyTorch's shared memory for data loaders and
   NCCL; the container runtime's 64 MiB default is far too small);
+- the preset's weights (`weights_parts`): when the plan says they are fetched, an init
+  container ``fetch-weights`` running the inference image's fetcher into the node's
+  model cache, a hostPath (``DirectoryOrCreate``) mounted read-write there and read-only
+  in the container that loads them; ``HF_TOKEN`` from ``presetOptions.modelAccessSecret``
+  and ``POD_NAME``/``POD_NAMESPACE`` (the fetcher reports its progress on its own pod);
 - a ``spec-hash`` annotation on each object, the hash of what the controller wants it
   to be: a reconcile whose desired object has the hash already on the live one writes
   nothing.
@@ -27,15 +32,19 @@ import orjson
 from kaito.api.workspace import (
     LABEL_WORKSPACE,
     LABEL_WORKSPACE_NAMESPACE,
+    MODEL_ACCESS_SECRET_KEY,
     WORKSPACES,
     Workspace,
 )
 from kaito.controllers.workspace.nodes.selection import GPU_RESOURCE
+from kaito.controllers.workspace.plan import Weights
 from kaito.runtime.meta import Obj
 
 __all__ = [
     "ANNOTATION_SPEC_HASH",
+    "FETCH_CONTAINER",
     "GPU_TOLERATIONS",
+    "MODEL_CACHE_VOLUME",
     "gpu_resources",
     "object_meta",
     "owner_reference",
@@ -43,6 +52,7 @@ __all__ = [
     "scheduling",
     "shm_volume",
     "spec_hash",
+    "weights_parts",
     "with_spec_hash",
 ]
 
@@ -133,6 +143,54 @@ def shm_volume() -> tuple[Obj, Obj]:
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "dshm", "mountPath": "/dev/shm"},
     )
+
+
+FETCH_CONTAINER = "fetch-weights"
+MODEL_CACHE_VOLUME = "model-cache"
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def weights_parts(weights: Weights | None, image: str) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """(volumes, init containers, loader mounts) that bring the preset's weights to
+    ``weights.model``; all empty when the image holds them (nothing is fetched).
+
+    ``image`` is the project's inference image, which carries the fetcher."""
+    if weights is None or not weights.fetch:
+        return [], [], []
+    volume: Obj = {
+        "name": MODEL_CACHE_VOLUME,
+        "hostPath": {"path": weights.cache_dir, "type": "DirectoryOrCreate"},
+    }
+    env: list[Obj] = [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        # The image is offline by default (the server must never reach the hub); this
+        # container's one job is to download.
+        {"name": "HF_HUB_OFFLINE", "value": "0"},
+    ]
+    if weights.token_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": weights.token_secret, "key": MODEL_ACCESS_SECRET_KEY}
+                },
+            }
+        )
+    init: Obj = {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(weights.fetch),
+        "env": env,
+        "volumeMounts": [{"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    mount: Obj = {"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir, "readOnly": True}
+    return [volume], [init], [mount]
 
 
 def spec_hash(obj: Obj) -> str:

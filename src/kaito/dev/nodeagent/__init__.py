@@ -19,11 +19,15 @@ Contract:
   Any other container waits in ``ErrImagePull`` then ``ImagePullBackOff`` (message:
   "image X is not available to the node agent ...") and the pod stays Pending.
 - Volumes are local folders under ``<state-dir>/pods/<ns>_<name>_<uid8>/`` (emptyDir,
-  configMap, secret; hostPath is the path itself); argv paths under a mount are
-  rewritten to the local path (`command`, `volumes`).
-- ``/workspace/weights`` (baked into the real images) is replaced by a tiny local model
-  built once under ``<state-dir>/tiny-model``; CPU adaptations (dtype float32, tensor
-  parallel 1, ``--host <pod IP>``) are listed in the pod annotations
+  configMap, secret; hostPath is the path itself, except the node's model cache under
+  ``/var/lib/kaito``, which is ``<state-dir>/node-disk/var/lib/kaito``); argv paths
+  under a mount are rewritten to the local path (`command`, `volumes`).
+- The weights: a ``fetch-weights`` init container (``python -m kaito_inference.fetch``)
+  copies a tiny local model, built once under ``<state-dir>/tiny-model``, into the cache
+  folder the fetch would fill (the stack has no hub to fetch from), and
+  ``/workspace/weights`` (a private preset's image) is replaced by that model; CPU
+  adaptations (dtype float32, tensor parallel 1, ``--host <pod IP>``) are listed in the
+  pod annotations
   ``kaito.sh/node-agent-model`` and ``kaito.sh/node-agent-adaptations`` (JSON list).
 - Each pod gets its own loopback IP (127.0.1.x), reported as ``status.podIP``;
   ``hostIP`` is 127.0.0.1. The inference server listens on ``<podIP>:<--port>``.

@@ -10,8 +10,12 @@ For a runnable container, `translate` rewrites the argv:
 
 - the interpreter becomes the agent's ``--python``;
 - container paths under a volume mount become local paths (`MountMap`);
-- ``/workspace/weights`` (the weights the preset's image bakes in) becomes the local
-  tiny stand-in model, unless a volume is mounted there;
+- ``/workspace/weights`` (the weights a private preset's image bakes in) becomes the
+  local tiny stand-in model, unless a volume is mounted there;
+- the weights fetch (``python -m kaito_inference.fetch --repo R --revision V --cache-dir
+  C``, the ``fetch-weights`` init container) copies the stand-in model into the folder
+  the fetch would fill, ``C/<R with / as -->@V``, which the server's ``--model`` names:
+  this stack has no hub to fetch from yet, so the stand-in takes the cache's place;
 - CPU adaptations: ``--dtype float16|bfloat16|half`` -> ``float32``,
   ``--tensor-parallel-size N`` -> 1, ``--pipeline-parallel-size`` dropped,
   ``--max-model-len`` capped to the stand-in model's 2048 when it is used, and for the
@@ -37,6 +41,23 @@ BAKED_WEIGHTS = "/workspace/weights"
 
 STAND_IN_MAX_LEN = 2048
 """The stand-in model's context (``kaito_inference.tiny_model``'s max_position_embeddings)."""
+
+FETCH_MODULE = "kaito_inference.fetch"
+"""The inference image's weights fetcher (the ``fetch-weights`` init container)."""
+
+MODEL_CACHE = "/var/lib/kaito/models"
+"""The node's model cache (the workspace controller's hostPath)."""
+
+_COPY_STAND_IN = (
+    "import os, shutil, sys\n"
+    "src, dst = sys.argv[1], sys.argv[2]\n"
+    "if os.path.exists(os.path.join(dst, 'config.json')):\n"
+    "    print('stand-in model already in the cache:', dst); sys.exit(0)\n"
+    "shutil.rmtree(dst + '.partial', ignore_errors=True)\n"
+    "shutil.copytree(src, dst + '.partial')\n"
+    "os.replace(dst + '.partial', dst)\n"
+    "print('stand-in model copied into the cache:', dst)\n"
+)
 
 _GPU_DTYPES = {"float16", "bfloat16", "half", "fp16", "bf16"}
 
@@ -79,6 +100,20 @@ def is_runnable(container: Obj) -> bool:
     return module_of(container) is not None
 
 
+def is_fetch(container: Obj) -> bool:
+    """A weights fetch (``python -m kaito_inference.fetch ...``)."""
+    return module_of(container) == FETCH_MODULE
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def unavailable_image_message(container: Obj) -> str:
     return (
         f"image {container.get('image', '')} is not available to the node agent "
@@ -118,12 +153,20 @@ def translate(
     if found is None:
         raise ValueError(f"container {container.get('name')} is not runnable by the node agent")
     module_index, module = found
-    out = Translation(argv=[python, *argv[1 : module_index + 1]])
     rest = argv[module_index + 1 :]
+    if module == FETCH_MODULE and stand_in_model is not None:
+        return _stand_in_fetch(rest, python=python, mounts=mounts, stand_in_model=stand_in_model)
+    out = Translation(argv=[python, *argv[1 : module_index + 1]])
     is_server = module == "kaito_inference"
     weights_mounted = mounts.covers(BAKED_WEIGHTS)
 
     def local(value: str) -> str:
+        if (
+            stand_in_model is not None
+            and is_server
+            and (value == MODEL_CACHE or value.startswith(MODEL_CACHE + "/"))
+        ):
+            out.uses_stand_in_model = True  # what the fetch put there (`_stand_in_fetch`)
         mapped = mounts.translate(value)
         if mapped != value:
             return mapped
@@ -181,3 +224,22 @@ def translate(
             0, f"{BAKED_WEIGHTS} -> a tiny local model (stand-in for the preset's weights)"
         )
     return out
+
+
+def _stand_in_fetch(
+    args: Sequence[str], *, python: str, mounts: MountMap, stand_in_model: Callable[[], str]
+) -> Translation:
+    """The fetch's argv -> a copy of the stand-in model into the folder it would fill."""
+    repo, revision = _flag_value(args, "--repo"), _flag_value(args, "--revision")
+    cache = _flag_value(args, "--cache-dir") or MODEL_CACHE
+    if not repo or not revision:
+        raise ValueError("the weights fetch names no --repo and --revision")
+    target = f"{cache.rstrip('/')}/{repo.replace('/', '--')}@{revision}"
+    return Translation(
+        argv=[python, "-c", _COPY_STAND_IN, stand_in_model(), mounts.translate(target)],
+        adaptations=[
+            f"fetch of {repo}@{revision} -> the tiny stand-in model copied into {target} "
+            "(this stack has no hub to fetch from)"
+        ],
+        uses_stand_in_model=True,
+    )

@@ -17,7 +17,7 @@ import structlog
 log = structlog.get_logger("kaito.dev.nodeagent")
 
 MODEL_NAME = "tiny-llama"
-ANNOTATION_TEXT = f"{MODEL_NAME} (local stand-in for the preset's weights at /workspace/weights)"
+ANNOTATION_TEXT = f"{MODEL_NAME} (local stand-in for the preset's weights)"
 
 
 class StandInModel:

@@ -185,7 +185,7 @@ class PodWorker:
 
         # Plans: the local argv and env of each runnable container.
         needs_model = any(
-            command.BAKED_WEIGHTS in arg
+            command.BAKED_WEIGHTS in arg or command.is_fetch(c)
             for c in (*self.init_specs, *self.specs)
             if command.is_runnable(c)
             for arg in command.container_argv(c)
@@ -266,7 +266,9 @@ class PodWorker:
         backoff = Backoff(initial=1.0, cap=30.0, jitter=0.0, reset_after=math.inf)
         while True:
             try:
-                volumes = await realise_volumes(self.pod, self.dir, self._fetch)
+                volumes = await realise_volumes(
+                    self.pod, self.dir, self._fetch, node_disk=self.ctx.state_dir / "node-disk"
+                )
             except UnsupportedVolume as e:
                 self._log.warning("unsupported volume", error=str(e))
                 self.event("Warning", "FailedMount", str(e))

@@ -5,7 +5,10 @@ Each pod gets ``<state-dir>/pods/<namespace>_<name>_<uid8>/``; its volumes live 
 
 - ``emptyDir`` (any medium, ``Memory`` too): a folder;
 - ``hostPath``: the path itself on this machine (created for ``DirectoryOrCreate`` or no
-  type, touched for ``FileOrCreate``); never removed by the agent;
+  type, touched for ``FileOrCreate``); never removed by the agent. Paths under
+  `NODE_DISK_PREFIXES` (``/var/lib/kaito``: the node's model cache) are the emulated
+  node's own disk instead, ``<node-disk>/var/lib/kaito/...`` (``node_disk``), so the
+  local stack never writes to this machine's ``/var/lib``;
 - ``configMap`` / ``secret``: a folder with one file per key (or per ``items`` entry,
   ``mode``/``defaultMode`` applied), read from the API when the pod starts;
 - anything else: `UnsupportedVolume`, which the agent reports on the pod.
@@ -29,6 +32,20 @@ from kaito.runtime.meta import Obj
 
 Fetch = Callable[[str, str], Awaitable[Obj | None]]
 """(kind "ConfigMap"|"Secret", name) -> the object, or None when it does not exist."""
+
+
+NODE_DISK_PREFIXES = ("/var/lib/kaito",)
+"""hostPaths that live on the emulated node's disk (a folder of the agent), not this machine's."""
+
+
+def host_path(path: str, node_disk: Path | None) -> Path:
+    """The local folder of hostPath ``path``: under ``node_disk`` for `NODE_DISK_PREFIXES`."""
+    normalized = _norm(path)
+    if node_disk is not None and any(
+        normalized == p or normalized.startswith(p + "/") for p in NODE_DISK_PREFIXES
+    ):
+        return node_disk / normalized.lstrip("/")
+    return Path(path)
 
 
 class UnsupportedVolume(Exception):
@@ -156,7 +173,9 @@ def _write_keys(folder: Path, data: dict[str, bytes], source: Obj) -> None:
             path.chmod(int(mode))
 
 
-async def realise_volumes(pod: Obj, pod_dir: Path, fetch: Fetch) -> dict[str, str]:
+async def realise_volumes(
+    pod: Obj, pod_dir: Path, fetch: Fetch, *, node_disk: Path | None = None
+) -> dict[str, str]:
     """Create every volume of ``pod`` locally; return volume name -> local path."""
     out: dict[str, str] = {}
     base = pod_dir / "volumes"
@@ -167,7 +186,7 @@ async def realise_volumes(pod: Obj, pod_dir: Path, fetch: Fetch) -> dict[str, st
             local.mkdir(parents=True, exist_ok=True)
         elif "hostPath" in vol:
             hp = vol["hostPath"]
-            local = Path(hp["path"])
+            local = host_path(hp["path"], node_disk)
             kind = hp.get("type") or ""
             if kind in ("", "DirectoryOrCreate"):
                 local.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kaito.api.workspace import PresetSpec, Workspace
-from kaito.controllers.workspace.admission.fields import FieldError
+from kaito.api.workspace import MODEL_ACCESS_SECRET_KEY, PresetSpec, Workspace
+from kaito.controllers.workspace.admission.fields import DNS1123_SUBDOMAIN, FieldError
 from kaito.presets.catalog import Catalog, Preset
 from kaito.presets.skus import GpuSku
 
@@ -31,7 +31,8 @@ def _plural(n: int | float, word: str) -> str:
 def check_preset(
     spec: PresetSpec | None, path: str, cat: Catalog
 ) -> tuple[list[FieldError], Preset | None]:
-    """The preset at ``path`` is known, not deprecated, and has its private image."""
+    """The preset at ``path`` is known, not deprecated, has its private image, and
+    names its token Secret when it is gated."""
     if spec is None:
         return [FieldError(path, "required: name the base model (a preset)")], None
     preset = cat.get(spec.name)
@@ -57,7 +58,30 @@ def check_preset(
                 "accessMode private needs presetOptions.image (the private model image)",
             )
         )
+    errors += _check_model_access(spec, preset, path)
     return errors, preset
+
+
+def _check_model_access(spec: PresetSpec, preset: Preset, path: str) -> list[FieldError]:
+    """A gated preset fetched from the hub names the Secret holding its token."""
+    secret = spec.options.model_access_secret
+    field = f"{path}.presetOptions.modelAccessSecret"
+    if secret and (len(secret) > 253 or not DNS1123_SUBDOMAIN.match(secret)):
+        return [FieldError(field, f'"{secret}" is not a valid Secret name (a DNS-1123 subdomain)')]
+    fetched = preset.hugging_face is not None and not (
+        spec.access_mode == "private" and spec.options.image
+    )
+    if preset.download_auth_required and fetched and not secret:
+        assert preset.hugging_face is not None
+        return [
+            FieldError(
+                field,
+                f"preset {preset.name} is gated on Hugging Face ({preset.hugging_face.repo}): "
+                f"name a Secret in the workspace's namespace whose key "
+                f"{MODEL_ACCESS_SECRET_KEY} holds a token with access to it",
+            )
+        ]
+    return []
 
 
 def check_resource(

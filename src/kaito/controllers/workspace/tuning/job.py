@@ -4,16 +4,20 @@
 
 A ``batch/v1`` Job named after the Workspace, one pod on the Workspace's GPU node:
 
-- the base model: the tuning container runs the preset's model image, which carries
-  the weights at ``/workspace/weights`` and ``images/tuning`` beside the inference
-  server, so no second copy of the weights is pulled or downloaded;
+- the base model: fetched as for inference, by a ``fetch-weights`` init container (the
+  inference image's fetcher) into the node's model cache (a hostPath mounted
+  read-only in the tuning container), so a later inference Workspace of the same preset
+  on that node loads it from disk; a private preset's own image carries it at
+  ``/workspace/weights`` and runs the tuning entrypoint itself;
+- the tuning container runs the project's tuning image (the plan's, in the
+  controller's registry);
 - the input at ``/mnt/data``: ``urls`` are fetched by an init container running
   ``python -m kaito_tuning.download`` (http/https only, size and time limits; the
   webhook already refused loopback, private, link-local and metadata addresses); an
   ``image`` is copied from its ``/data`` by an init container running that image; a
   ``volumeSource`` is mounted read-only;
 - the tuning container: ``python -m kaito_tuning --method <lora|qlora> --model
-  /workspace/weights --data /mnt/data --output /mnt/output``, with the method's
+  <the weights' folder> --data /mnt/data --output /mnt/output``, with the method's
   defaults (qlora: 4-bit nf4, r=8, alpha=8, in images/tuning) or the user's
   ``training_config.yaml`` from ``tuning.config`` mounted at ``/mnt/config``;
 - the output at ``/mnt/output``: a ``volumeSource`` is mounted there (the adapter is
@@ -55,7 +59,6 @@ DATA_DIR = "/mnt/data"
 OUTPUT_DIR = "/mnt/output"
 CONFIG_DIR = "/mnt/config"
 CONFIG_FILE = "training_config.yaml"
-WEIGHTS_DIR = "/workspace/weights"
 TUNING_CONTAINER = "tuning"
 COMPLETION_MARKER = "kaito_tuning_complete.json"
 """What images/tuning writes last into the output directory (kaito_tuning.train)."""
@@ -154,7 +157,7 @@ def _output_parts(ws: Workspace, image: str, preset: str) -> tuple[list[Obj], li
     return volumes, [mount], [pusher]
 
 
-def _tuning_command(ws: Workspace, *, pushes: bool) -> list[str]:
+def _tuning_command(ws: Workspace, *, model: str, pushes: bool) -> list[str]:
     assert ws.tuning is not None
     argv = [
         "python",
@@ -163,7 +166,7 @@ def _tuning_command(ws: Workspace, *, pushes: bool) -> list[str]:
         "--method",
         ws.tuning.method or "qlora",
         "--model",
-        WEIGHTS_DIR,
+        model,
         "--data",
         DATA_DIR,
         "--output",
@@ -184,20 +187,24 @@ def _tuning_command(ws: Workspace, *, pushes: bool) -> list[str]:
 
 
 def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Resource, Obj]:
-    """The tuning Job of ``ws``, carrying its spec hash; the preset (the model image) and
-    the GPUs per pod come from the reconcile's ``plan``."""
+    """The tuning Job of ``ws``, carrying its spec hash; the preset (its weights), the
+    images and the GPUs per pod come from the reconcile's ``plan``."""
     assert ws.tuning is not None
     assert ws.tuning.preset is not None
     spec = ws.tuning.preset
     preset = plan.preset
     assert preset is not None, "resolve_plan resolves a tuning Workspace's preset"
     options = spec.options
-    image = options.image if spec.access_mode == "private" and options.image else preset.image
-    in_volumes, in_mounts, inits = _input_parts(ws, image)
+    image = options.image if spec.access_mode == "private" and options.image else plan.images.tuning
+    weights = plan.weights
+    assert weights is not None, "resolve_plan resolves a tuning preset's weights"
+    weight_volumes, fetchers, weight_mounts = podspec.weights_parts(weights, plan.images.inference)
+    in_volumes, in_mounts, data_inits = _input_parts(ws, image)
+    inits = [*fetchers, *data_inits]
     out_volumes, out_mounts, sidecars = _output_parts(ws, image, preset.name)
     shm, shm_mount = podspec.shm_volume()
-    volumes = [shm, *in_volumes, *out_volumes]
-    mounts = [shm_mount, *in_mounts, *out_mounts]
+    volumes = [shm, *weight_volumes, *in_volumes, *out_volumes]
+    mounts = [shm_mount, *weight_mounts, *in_mounts, *out_mounts]
     if ws.tuning.config:
         volumes.append({"name": "config", "configMap": {"name": ws.tuning.config}})
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
@@ -205,7 +212,7 @@ def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Re
         "name": TUNING_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": _tuning_command(ws, pushes=bool(sidecars)),
+        "command": _tuning_command(ws, model=weights.model, pushes=bool(sidecars)),
         "resources": podspec.gpu_resources(plan.gpus_per_node),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -20,6 +20,12 @@ reconcile's `WorkspacePlan`; nothing here looks anything up.
   the Workspace's revision hash, so a change to the Workspace rolls the pods.
   Rolling updates never surge: a GPU node cannot hold two copies of the model, so a
   surge pod would stay Pending forever and the rollout with it.
+- the image: the project's inference image (the plan's, in the controller's registry)
+  for every preset, or a private preset's own ``presetOptions.image``;
+- the weights: an init container ``fetch-weights`` downloads the preset's repo at its
+  pinned revision into the node's model cache (a hostPath, `podspec.weights_parts`),
+  and ``--model`` is its folder there, mounted read-only; a private image or a preset
+  built locally brings its own;
 - adapters: an emptyDir at ``/mnt/adapter``; an adapter from an image gets an init
   container running the inference image, ``python -m kaito_inference.adapter_pull``,
   which pulls the adapter image over the registry API and writes its ``/data`` to
@@ -110,7 +116,9 @@ def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
     assert preset is not None, "resolve_plan resolves an inference preset"
     assert choice is not None, "resolve_plan chooses an inference preset's engine"
     options = spec.options
-    image = options.image if spec.access_mode == "private" and options.image else preset.image
+    image = (
+        options.image if spec.access_mode == "private" and options.image else plan.images.inference
+    )
     secrets = [*options.image_pull_secrets]
     return InferencePlan(
         workspace=plan,
@@ -231,6 +239,12 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         ws, plan.workspace.defaults.adapters_dir, plan.image
     )
     shm, shm_mount = podspec.shm_volume()
+    weights = plan.workspace.weights
+    assert weights is not None, "resolve_plan resolves a preset's weights"
+    weight_volumes, fetchers, weight_mounts = podspec.weights_parts(
+        weights, plan.workspace.images.inference
+    )
+    inits = [*fetchers, *inits]
     command = inference_command(
         plan.preset,
         runtime=plan.runtime.runtime,
@@ -239,6 +253,7 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         adapter_count=len(ws.inference.adapters),
         config_file=f"{CONFIG_DIR}/{CONFIG_FILE}",
         catalog=plan.workspace.catalog,
+        model=weights.model,
     )
     ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if plan.stateful:
@@ -254,6 +269,7 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         "volumeMounts": [
             shm_mount,
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *weight_mounts,
             *adapter_mounts,
         ],
     }
@@ -265,6 +281,7 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         "volumes": [
             shm,
             {"name": "config", "configMap": {"name": plan.config_map}},
+            *weight_volumes,
             *adapter_volumes,
         ],
         "terminationGracePeriodSeconds": 30,
