@@ -65,7 +65,9 @@ __all__ = [
     "extract_data",
     "load_credentials",
     "pull_adapter",
+    "push_blob",
     "push_image",
+    "resolve_manifest",
 ]
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -552,7 +554,7 @@ def build_adapter_image(
 # -- pushing -------------------------------------------------------------------------------
 
 
-def _push_blob(
+def push_blob(
     reg: Registry, ref: ImageRef, digest: str, size: int, open_body: Callable[[], IO[bytes] | bytes]
 ) -> bool:
     """Upload one blob unless the registry has it; True when it was uploaded."""
@@ -602,14 +604,12 @@ def push_image(
         return f
 
     try:
-        uploaded = _push_blob(reg, ref, image.layer_digest, image.layer_size, layer_body)
+        uploaded = push_blob(reg, ref, image.layer_digest, image.layer_size, layer_body)
         say(
             "layer pushed" if uploaded else "layer already there",
             {"digest": image.layer_digest, "bytes": image.layer_size},
         )
-        uploaded = _push_blob(
-            reg, ref, image.config_digest, len(image.config), lambda: image.config
-        )
+        uploaded = push_blob(reg, ref, image.config_digest, len(image.config), lambda: image.config)
         say(
             "config pushed" if uploaded else "config already there", {"digest": image.config_digest}
         )
@@ -637,7 +637,10 @@ def push_image(
 # -- pulling -------------------------------------------------------------------------------
 
 
-def _manifest(reg: Registry, ref: ImageRef) -> dict[str, Any]:
+def resolve_manifest(reg: Registry, ref: ImageRef) -> tuple[str, dict[str, Any]]:
+    """(digest, manifest) of the image ``ref`` names: a tag resolved to what it points at
+    now, a multi-platform index to its linux/amd64 image. A pinned digest is checked
+    against the bytes that arrive; a tag's digest is the sha256 of those bytes."""
     scope = f"repository:{ref.repository}:pull"
     reference = ref.reference
     for _ in range(2):
@@ -657,7 +660,9 @@ def _manifest(reg: Registry, ref: ImageRef) -> dict[str, Any]:
             raise reg._fail("RegistryError", "the manifest is not JSON") from None
         kind = doc.get("mediaType") or resp.headers.get("Content-Type", "").split(";")[0]
         if kind not in (MEDIA_INDEX, DOCKER_LIST):
-            return doc
+            if reference.startswith("sha256:") and _sha256(body) != reference:
+                raise reg._fail("DigestMismatch", f"the manifest's digest is {_sha256(body)}")
+            return _sha256(body), doc
         # A multi-platform index: the linux/amd64 image, or the only one.
         entries = doc.get("manifests") or []
         chosen = [
@@ -684,13 +689,14 @@ def _member_target(dest: Path, name: str) -> Path | None:
 
 
 def extract_data(layer: IO[bytes], dest: Path) -> int:
-    """Apply one gzip layer's ``data/`` members onto ``dest``; the number of files.
+    """Apply one layer's ``data/`` members onto ``dest`` (a tar, gzip-compressed or not);
+    the number of files.
 
     Regular files and folders are written; whiteouts (``.wh.<name>``) delete what an
     earlier layer wrote; links and devices are refused, so a layer can never write
     outside ``dest``."""
     files = 0
-    with tarfile.open(fileobj=layer, mode="r|gz") as tar:
+    with tarfile.open(fileobj=layer, mode="r|*") as tar:
         for member in tar:
             target = _member_target(dest, member.name)
             if target is None:
@@ -733,7 +739,7 @@ def pull_adapter(
     Every layer's digest is checked while it streams to disk."""
     say = progress or (lambda event, fields: None)
     reg = Registry(ref.host, credentials, plain_http=plain_http, action="pulling", image=str(ref))
-    manifest = _manifest(reg, ref)
+    _, manifest = resolve_manifest(reg, ref)
     layers = manifest.get("layers") or []
     say("manifest fetched", {"image": str(ref), "layers": len(layers)})
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,11 @@ MODEL_ACCESS_SECRET_KEY = "HF_TOKEN"
 
 class PresetOptions(ApiModel):
     image: str = Field(
-        default="", description="The model image; required when accessMode is private."
+        default="",
+        description=(
+            "A private preset's own image (server and weights baked in at /workspace/weights); "
+            "with accessMode private, this or modelImage is required."
+        ),
     )
     image_pull_secrets: list[str] = Field(
         default_factory=list, description="Secrets in the workspace's namespace to pull it."
@@ -142,6 +146,22 @@ class PresetOptions(ApiModel):
             "token that downloads the preset's weights; required for gated presets."
         ),
     )
+    model_image: str = Field(
+        default="",
+        description=(
+            "An OCI image holding the preset's weights under /data (kaito model package "
+            "builds one), pulled into the node's model cache instead of the Hugging Face "
+            "download; the project's inference image serves them. "
+            "REGISTRY/REPOSITORY[:TAG|@sha256:DIGEST]."
+        ),
+    )
+    model_image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "kubernetes.io/dockerconfigjson Secrets in the workspace's namespace with "
+            "credentials for modelImage's registry."
+        ),
+    )
 
 
 class PresetSpec(ApiModel):
@@ -150,11 +170,17 @@ class PresetSpec(ApiModel):
     name: str = Field(description="The preset's name, e.g. phi-3-mini-4k-instruct.")
     access_mode: Literal["public", "private"] = Field(
         default="public",
-        description="public: the catalog's image; private: presetOptions.image. Default public.",
+        description=(
+            "public: the catalog's weights; private: presetOptions.image (an image with the "
+            "server and weights) or presetOptions.modelImage (the weights). Default public."
+        ),
     )
     preset_options: PresetOptions | None = Field(
         default=None,
-        description="Image overrides for private access; the token Secret for gated models.",
+        description=(
+            "Where the weights come from instead of the catalog's Hugging Face repo (image, "
+            "modelImage), the token Secret for gated models."
+        ),
     )
 
     @property

@@ -47,9 +47,11 @@ from kaito import __version__
 from kaito.api.workspace import Runtime
 from kaito.presets.skus import GpuSku, load_skus
 from kaito.runtime.quantity import quantity_gib
+from kaito_contracts.oci import ImageRef
 
 __all__ = [
     "DEFAULT_IMAGE_REGISTRY",
+    "MODEL_LINK_DIR",
     "VLLM_MIN_COMPUTE_CAPABILITY",
     "Catalog",
     "Defaults",
@@ -59,6 +61,8 @@ __all__ = [
     "RuntimeChoice",
     "check_image_registry",
     "fetch_command",
+    "image_fetch_command",
+    "image_model_path",
     "inference_command",
     "load_catalog",
     "model_path",
@@ -151,6 +155,10 @@ class Defaults(_Data):
     command: list[str]
     fetch_command: list[str]
     """The weights fetcher in the inference image (``python -m kaito_inference.fetch``)."""
+    image_fetch_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "kaito_inference.fetch.image"]
+    )
+    """Its sibling for a model image (``presetOptions.modelImage``)."""
     model_cache_dir: str
     """The node-local model cache (a hostPath): one folder per repo@revision."""
     weights_dir: str
@@ -345,6 +353,38 @@ def fetch_command(preset: Preset, defaults: Defaults) -> list[str]:
         "--cache-dir",
         defaults.model_cache_dir,
     ]
+
+
+MODEL_LINK_DIR = "/mnt/model-image"
+"""A pod's own folder (an emptyDir) where the image fetch links ``model`` to the cache
+folder of a model image named by tag (whose digest only the fetch learns)."""
+
+
+def image_model_path(image: str, defaults: Defaults) -> str:
+    """Where the server loads a model image's weights: the image's folder in the node's
+    model cache, ``<cache>/oci/sha256-<hex>``, when ``image`` is pinned by digest;
+    else the link the fetch makes to it, ``MODEL_LINK_DIR/model``. A reference that does
+    not parse raises `kaito_contracts.oci.RegistryError` (the webhook refuses those)."""
+    ref = ImageRef.parse(image)
+    if ref.digest:
+        return f"{defaults.model_cache_dir}/oci/{ref.digest.replace(':', '-')}"
+    return f"{MODEL_LINK_DIR}/model"
+
+
+def image_fetch_command(image: str, defaults: Defaults) -> list[str]:
+    """The init container's command that pulls the model image ``image`` into the node's
+    model cache (and links it where `image_model_path` says, for a tag); the pull
+    Secrets' ``--docker-config`` flags are the pod builder's (it mounts them)."""
+    argv = [
+        *defaults.image_fetch_command,
+        "--image",
+        image,
+        "--cache-dir",
+        defaults.model_cache_dir,
+    ]
+    if not ImageRef.parse(image).digest:
+        argv += ["--link", f"{MODEL_LINK_DIR}/model"]
+    return argv
 
 
 # -- the command line -----------------------------------------------------------------

@@ -45,6 +45,10 @@ class Reason(enum.StrEnum):
     REPOSITORY_NOT_FOUND = "RepositoryNotFound"
     DISK_FULL = "DiskFull"
     DOWNLOAD_FAILED = "DownloadFailed"
+    IMAGE_NOT_FOUND = "ImageNotFound"
+    """A model image (``fetch.image``): the registry has no such repository or tag."""
+    INVALID_IMAGE = "InvalidImage"
+    """A model image whose layers hold no model (no file under /data, zstd layers)."""
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +61,8 @@ _EXIT_CODES = {
     Reason.REVISION_NOT_FOUND: 4,
     Reason.REPOSITORY_NOT_FOUND: 5,
     Reason.DISK_FULL: 6,
+    Reason.IMAGE_NOT_FOUND: 7,
+    Reason.INVALID_IMAGE: 8,
 }
 
 

@@ -11,9 +11,11 @@ So no builder reaches for a module-level catalog, and every builder of one recon
 sees the same answers.
 
 The plan also carries the images every pod runs (the catalog's `Images`, for the
-controller's ``--image-registry``) and where the preset's weights come from (`Weights`):
-fetched into the node's model cache by an init container, or already in the image (a
-private preset's own image, or a preset built locally).
+controller's ``--image-registry``) and where the preset's weights come from (`Weights`),
+in this order: already in the image (a private preset's own ``presetOptions.image``);
+pulled from a model image (``presetOptions.modelImage``) into the node's model cache;
+fetched from the preset's Hugging Face repo into that cache; or, for a preset built
+locally, at the catalog's ``weightsDir``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from dataclasses import dataclass
 
 from kaito.api.workspace import ANNOTATION_RUNTIME, PresetSpec, Workspace
 from kaito.presets.catalog import (
+    MODEL_LINK_DIR,
     Catalog,
     Defaults,
     Images,
     Preset,
     RuntimeChoice,
     fetch_command,
+    image_fetch_command,
+    image_model_path,
     model_path,
     select_runtime,
 )
@@ -58,6 +63,13 @@ class Weights:
     """The node's model cache (a hostPath) when they are fetched."""
     token_secret: str = ""
     """``presetOptions.modelAccessSecret``: the Secret whose ``HF_TOKEN`` the fetch reads."""
+    image: str = ""
+    """``presetOptions.modelImage``: the model image the fetch pulls (empty: the hub)."""
+    pull_secrets: tuple[str, ...] = ()
+    """``presetOptions.modelImagePullSecrets``: dockerconfigjson Secrets for that pull."""
+    link_dir: str = ""
+    """The pod's own folder where the fetch links a model image named by tag (`model`
+    is in it); empty when ``model`` names the cache folder itself."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,16 @@ def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults) -> Weights:
     options = spec.options
     if spec.access_mode == "private" and options.image:
         return Weights(model=defaults.weights_dir)  # the user's image holds them
+    if options.model_image:
+        model = image_model_path(options.model_image, defaults)
+        return Weights(
+            model=model,
+            fetch=tuple(image_fetch_command(options.model_image, defaults)),
+            cache_dir=defaults.model_cache_dir,
+            image=options.model_image,
+            pull_secrets=tuple(dict.fromkeys(s for s in options.model_image_pull_secrets if s)),
+            link_dir="" if model.startswith(defaults.model_cache_dir) else MODEL_LINK_DIR,
+        )
     if preset.hugging_face is None:
         return Weights(model=model_path(preset, defaults))
     return Weights(

@@ -16,6 +16,11 @@
   model cache, a hostPath (``DirectoryOrCreate``) mounted read-write there and read-only
   in the container that loads them; ``HF_TOKEN`` from ``presetOptions.modelAccessSecret``
   and ``POD_NAME``/``POD_NAMESPACE`` (the fetcher reports its progress on its own pod);
+  for a model image (``presetOptions.modelImage``) the same container runs the image
+  fetch instead, with each of ``modelImagePullSecrets`` mounted read-only at
+  ``/mnt/pull-secrets/<secret>`` (as for adapter images: kubelet never pulls a model
+  image, our puller does) and, for an image named by tag, an emptyDir ``model-link``
+  where the fetch links the image's cache folder for the server;
 - a ``spec-hash`` annotation on each object, the hash of what the controller wants it
   to be: a reconcile whose desired object has the hash already on the live one writes
   nothing.
@@ -45,6 +50,7 @@ __all__ = [
     "FETCH_CONTAINER",
     "GPU_TOLERATIONS",
     "MODEL_CACHE_VOLUME",
+    "MODEL_LINK_VOLUME",
     "gpu_resources",
     "object_meta",
     "owner_reference",
@@ -147,6 +153,10 @@ def shm_volume() -> tuple[Obj, Obj]:
 
 FETCH_CONTAINER = "fetch-weights"
 MODEL_CACHE_VOLUME = "model-cache"
+MODEL_LINK_VOLUME = "model-link"
+PULL_SECRETS_DIR = "/mnt/pull-secrets"
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+"""The key of a ``kubernetes.io/dockerconfigjson`` Secret."""
 
 
 def _field_env(name: str, path: str) -> Obj:
@@ -160,17 +170,44 @@ def weights_parts(weights: Weights | None, image: str) -> tuple[list[Obj], list[
     ``image`` is the project's inference image, which carries the fetcher."""
     if weights is None or not weights.fetch:
         return [], [], []
-    volume: Obj = {
-        "name": MODEL_CACHE_VOLUME,
-        "hostPath": {"path": weights.cache_dir, "type": "DirectoryOrCreate"},
-    }
+    volumes: list[Obj] = [
+        {
+            "name": MODEL_CACHE_VOLUME,
+            "hostPath": {"path": weights.cache_dir, "type": "DirectoryOrCreate"},
+        }
+    ]
+    command = list(weights.fetch)
+    init_mounts: list[Obj] = [{"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir}]
+    mounts: list[Obj] = [
+        {"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir, "readOnly": True}
+    ]
     env: list[Obj] = [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
+    ]
+    if not weights.image:
         # The image is offline by default (the server must never reach the hub); this
         # container's one job is to download.
-        {"name": "HF_HUB_OFFLINE", "value": "0"},
-    ]
+        env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
+    for i, secret in enumerate(weights.pull_secrets):
+        folder = f"{PULL_SECRETS_DIR}/{secret}"
+        volumes.append(
+            {
+                "name": f"weights-pull-secret-{i}",
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": DOCKER_CONFIG_KEY, "path": DOCKER_CONFIG_KEY}],
+                },
+            }
+        )
+        init_mounts.append(
+            {"name": f"weights-pull-secret-{i}", "mountPath": folder, "readOnly": True}
+        )
+        command += ["--docker-config", f"{folder}/{DOCKER_CONFIG_KEY}"]
+    if weights.link_dir:
+        volumes.append({"name": MODEL_LINK_VOLUME, "emptyDir": {}})
+        init_mounts.append({"name": MODEL_LINK_VOLUME, "mountPath": weights.link_dir})
+        mounts.append({"name": MODEL_LINK_VOLUME, "mountPath": weights.link_dir, "readOnly": True})
     if weights.token_secret:
         env.append(
             {
@@ -184,13 +221,12 @@ def weights_parts(weights: Weights | None, image: str) -> tuple[list[Obj], list[
         "name": FETCH_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(weights.fetch),
+        "command": command,
         "env": env,
-        "volumeMounts": [{"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir}],
+        "volumeMounts": init_mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    mount: Obj = {"name": MODEL_CACHE_VOLUME, "mountPath": weights.cache_dir, "readOnly": True}
-    return [volume], [init], [mount]
+    return volumes, [init], mounts
 
 
 def spec_hash(obj: Obj) -> str:

@@ -13,6 +13,7 @@ from kaito.api.workspace import MODEL_ACCESS_SECRET_KEY, PresetSpec, Workspace
 from kaito.controllers.workspace.admission.fields import DNS1123_SUBDOMAIN, FieldError
 from kaito.presets.catalog import Catalog, Preset
 from kaito.presets.skus import GpuSku
+from kaito_contracts.oci import ImageRef, RegistryError
 
 OTHER_GPU_SIZES_PREFIX = "Standard_N"
 """Azure's GPU families; sizes not in the SKU table are accepted without memory checks."""
@@ -51,15 +52,65 @@ def check_preset(
                 + ", ".join(p for p in cat.names() if cat.presets[p].family == preset.family),
             )
         )
-    if spec.access_mode == "private" and not spec.options.image:
+    options = spec.options
+    if spec.access_mode == "private" and not (options.image or options.model_image):
         errors.append(
             FieldError(
                 f"{path}.presetOptions.image",
-                "accessMode private needs presetOptions.image (the private model image)",
+                "accessMode private needs presetOptions.image (the private model image) "
+                "or presetOptions.modelImage (an image holding only the weights)",
             )
         )
+    errors += _check_model_image(spec, path)
     errors += _check_model_access(spec, preset, path)
     return errors, preset
+
+
+def _check_model_image(spec: PresetSpec, path: str) -> list[FieldError]:
+    """A model image is a valid reference, the only source of the weights, and its pull
+    Secrets are Secret names."""
+    options, field = spec.options, f"{path}.presetOptions.modelImage"
+    errors = []
+    for i, secret in enumerate(options.model_image_pull_secrets):
+        if len(secret) > 253 or not DNS1123_SUBDOMAIN.match(secret):
+            errors.append(
+                FieldError(
+                    f"{path}.presetOptions.modelImagePullSecrets[{i}]",
+                    f'"{secret}" is not a valid Secret name (a DNS-1123 subdomain)',
+                )
+            )
+    if not options.model_image:
+        if options.model_image_pull_secrets:
+            errors.append(
+                FieldError(
+                    f"{path}.presetOptions.modelImagePullSecrets",
+                    "set only with presetOptions.modelImage (they are its pull credentials)",
+                )
+            )
+        return errors
+    try:
+        ImageRef.parse(options.model_image)
+    except RegistryError as e:
+        errors.append(FieldError(field, e.message))
+    if spec.access_mode == "private" and options.image:
+        errors.append(
+            FieldError(
+                field,
+                "conflicts with presetOptions.image: with accessMode private that image "
+                "brings its own weights; set one of presetOptions.image and "
+                "presetOptions.modelImage",
+            )
+        )
+    if options.model_access_secret:
+        errors.append(
+            FieldError(
+                f"{path}.presetOptions.modelAccessSecret",
+                "conflicts with presetOptions.modelImage: the weights come from that image, "
+                "not from Hugging Face; its credentials go in "
+                "presetOptions.modelImagePullSecrets",
+            )
+        )
+    return errors
 
 
 def _check_model_access(spec: PresetSpec, preset: Preset, path: str) -> list[FieldError]:
@@ -68,8 +119,10 @@ def _check_model_access(spec: PresetSpec, preset: Preset, path: str) -> list[Fie
     field = f"{path}.presetOptions.modelAccessSecret"
     if secret and (len(secret) > 253 or not DNS1123_SUBDOMAIN.match(secret)):
         return [FieldError(field, f'"{secret}" is not a valid Secret name (a DNS-1123 subdomain)')]
-    fetched = preset.hugging_face is not None and not (
-        spec.access_mode == "private" and spec.options.image
+    fetched = (
+        preset.hugging_face is not None
+        and not (spec.access_mode == "private" and spec.options.image)
+        and not spec.options.model_image
     )
     if preset.download_auth_required and fetched and not secret:
         assert preset.hugging_face is not None
