@@ -1,6 +1,7 @@
 """The ``kaito`` command: entry points for the two controllers and the dev tools.
 
 kaito dev up | down | status       the local development cluster (``make demo``)
+kaito model package                a folder of weights -> a model image in a registry
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kaito.controllers.workspace import cli as workspace_cli
 
     workspace_cli.add_commands(sub)
+    from kaito.model import cli as model_cli
+
+    model_cli.add_commands(sub)
     return parser
 
 

@@ -78,8 +78,7 @@ REFUSED = [
     (
         "a Hugging Face token and a model image",
         preset(modelImage="myacr.azurecr.io/models/phi-3:1", modelAccessSecret="hf"),
-        "inference.preset.presetOptions.modelAccessSecret: conflicts with "
-        "presetOptions.modelImage",
+        "inference.preset.presetOptions.modelAccessSecret: conflicts with presetOptions.modelImage",
     ),
     (
         "pull Secrets without a model image",

@@ -349,7 +349,7 @@ def pull_image(
         except RegistryError as e:
             raise FetchError(Reason.INVALID_IMAGE, f"pulling {ref}: {e.message}") from e
         total = sum(layer.size for layer in layers)
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(target.with_name(target.name + ".lock"), repo=str(ref)):
             done = _completed(target)
             if done is not None:
