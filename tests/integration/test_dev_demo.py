@@ -1,19 +1,29 @@
 """The README's main command, `make demo` (= `kaito dev demo`), works and cleans up.
 
 Runs the real command as a subprocess in its own state directory (its own control
-plane, AKS emulator, gpu-provisioner and workspace controller under their
-ServiceAccounts, node agent running the inference server), with ``--down`` so it tears
-itself down, then checks that no process it started (the inference server included)
-is left running.
+plane, AKS emulator, Hugging Face hub emulator, gpu-provisioner and workspace controller
+under their ServiceAccounts, node agent running the weights fetch and the inference
+server), with ``--down`` so it tears itself down, then checks that no process it started
+(the inference server included) is left running.
+
+The weights take the real fetch path: the pod's ``fetch-weights`` init container
+downloads phi-3's repo at the preset's pinned revision from the hub emulator, which
+serves the tiny stand-in model there; the demo prints what the hub sent (every file of
+the stand-in, once) and says it is a stand-in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from kaito.dev.hfhub.presets import LOCAL_MARKERS
+from kaito.dev.stack import stand_in_model_dir
+from kaito.presets.catalog import load_catalog
 
 
 def _alive(pid: int) -> bool:
@@ -74,10 +84,33 @@ def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
     assert "SSE chunks ending in [DONE]" in out, out
     assert "KAITO's part" in out, out
     assert "/metrics" in out, out
+    # The weights: the real fetcher, from the hub emulator, every file of the stand-in once.
+    preset = load_catalog().get("phi-3-mini-4k-instruct")
+    assert preset is not None and preset.hugging_face is not None
+    ref = f"{preset.hugging_face.repo}@{preset.hugging_face.revision[:7]}"
+    assert "Hugging Face hub emulator at http://127.0.0.1:" in out, out
+    assert "each holding the tiny stand-in model (NOT the presets' weights)" in out, out
+    assert f"fetch-weights: the real fetcher downloads {ref} from the hub emulator" in out, out
+    assert "weights fetched into the node's model cache (.kaito-complete)" in out, out
+    sent = re.search(
+        rf"the hub emulator \(http://[^)]+\) sent {ref}: (\d+) files, ([\d.]+) MB", out
+    )
+    assert sent, out
+    model = [
+        p for p in stand_in_model_dir().rglob("*") if p.is_file() and p.name not in LOCAL_MARKERS
+    ]
+    assert int(sent.group(1)) == len(model), (sent.group(0), model)
+    assert sent.group(2) == f"{sum(p.stat().st_size for p in model) / 1e6:.1f}", sent.group(0)
+    assert (
+        f"STAND-IN: this repo holds the local tiny model 'tiny-model', not the weights of {preset.hugging_face.repo}"
+        in out
+    ), out
     expected = {
         "etcd",
         "kube-apiserver",
+        "registry",
         "aks-emulator",
+        "hf-hub",
         "gpu-provisioner",
         "workspace-controller",
         "node-agent",

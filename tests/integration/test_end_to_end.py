@@ -1,12 +1,17 @@
 """The whole path, as a user runs it, on the local stack (`kaito dev up`):
 
-1. a tuning Workspace whose input and output are volumes: the workspace controller
-   provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool), creates the
-   Job, the real scheduler binds its pod to the node, and the node agent runs
-   images/tuning on the tiny local model, which writes a LoRA adapter into the output
-   volume; the Workspace reports JobStarted and WorkspaceReady;
-2. an inference Workspace that serves that adapter from a volume: the server lists it
-   as a model and answers with it (differently from the base model);
+1. a tuning Workspace of phi-3 whose input and output are volumes: the workspace
+   controller provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool),
+   creates the Job, the real scheduler binds its pod to the node, the node agent runs
+   its ``fetch-weights`` init container (the real fetcher, against the stack's hub
+   emulator, which serves the tiny stand-in model under phi-3's repo at the preset's
+   pinned revision) and then images/tuning on those weights, which writes a LoRA
+   adapter into the output volume; the Workspace reports JobStarted and WorkspaceReady;
+2. an inference Workspace that serves that adapter from a volume, on a node of its own:
+   its pod fetches the weights onto that node's disk (the hub's log shows every file
+   sent once per node, each node's cache has the fetcher's ``.kaito-complete``); the
+   server lists the adapter as a model and answers with it (differently from the base
+   model);
 3. a real Prometheus (Debian's) scrapes both controllers and the inference server and
    returns ``controller_runtime_reconcile_total`` and ``vllm:*`` series;
 4. deleting the Workspaces leaves nothing: no Machines, agent pools, Nodes, pods,
@@ -36,6 +41,7 @@ from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.dev.controlplane import ControlPlaneState
 from kaito.dev.stack import read_env_file
+from kaito.presets.catalog import load_catalog
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import (
@@ -52,7 +58,7 @@ from tests.integration.prometheus import start_prometheus
 Obj = dict[str, Any]
 
 NS = "default"
-PRESET = "tiny-llama-test"
+PRESET = "phi-3-mini-4k-instruct"
 ADAPTER = "tuned"
 TRAINING_CONFIG = """\
 training_config:
@@ -158,6 +164,38 @@ async def chat(base: str, model: str) -> str:
     return str(body["choices"][0]["message"]["content"])
 
 
+def hub_requests(state: ControlPlaneState) -> list[Obj]:
+    """The stack's hub emulator's request log."""
+    hub = json.loads((Path(state.data_dir) / "stack.json").read_text())["hf_endpoint"]
+    with urllib.request.urlopen(f"{hub}/_emulator/requests", timeout=10) as resp:
+        return list(json.loads(resp.read()))
+
+
+async def assert_fetched_once_per_node(
+    state: ControlPlaneState, client: Client, serving_pod: Obj, job: Obj
+) -> None:
+    """Tuning and serving ran on a node each: each node fetched every file once, into its
+    own disk's cache, which the fetcher marked complete."""
+    preset = load_catalog().get(PRESET)
+    assert preset is not None and preset.hugging_face is not None
+    hf = preset.hugging_face
+    tuning_pods = await client.list(PODS, NS, label_selector=f"job-name={job['metadata']['name']}")
+    nodes = {serving_pod["spec"]["nodeName"]}
+    nodes |= {p["spec"]["nodeName"] for p in tuning_pods["items"]}
+    assert len(nodes) == 2, nodes
+    disk = Path(state.data_dir) / "node-agent" / "node-disk"
+    for node in nodes:
+        marker = disk / node / "var/lib/kaito/models" / hf.cache_name / ".kaito-complete"
+        done = json.loads(marker.read_text())
+        assert (done["repo"], done["commit"]) == (hf.repo, hf.revision), done
+    sent: dict[str, int] = {}
+    for r in hub_requests(state):
+        if r["repo"] == hf.repo and r["method"] == "GET" and r["bytes_sent"] > 0:
+            sent[r["file"]] = sent.get(r["file"], 0) + 1
+    files = {f["path"] for f in done["files"]}
+    assert sent == dict.fromkeys(files, len(nodes)), sent
+
+
 async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behind(
     stack: tuple[ControlPlaneState, Client], tmp_path: Path
 ) -> None:
@@ -229,6 +267,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert models == [PRESET, ADAPTER], models
     plain, tuned = await chat(base, PRESET), await chat(base, ADAPTER)
     assert plain != tuned, "the adapter should change the answer"
+    await assert_fetched_once_per_node(state, client, pod, job)
 
     # 3. A real Prometheus scrapes both controllers and the inference server.
     ports = json.loads((Path(state.data_dir) / "stack.json").read_text())["ports"]

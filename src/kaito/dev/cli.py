@@ -73,8 +73,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
         return 1
     print(
-        f"\nThe local KAITO stack is up: control plane, CRDs, RBAC, AKS emulator,\n"
+        f"\nThe local KAITO stack is up: control plane, CRDs, RBAC, OCI registry, AKS emulator,\n"
+        f"Hugging Face hub emulator (serving a tiny STAND-IN model under the presets' repos),\n"
         f"gpu-provisioner and workspace controller (as their ServiceAccounts), node agent.\n"
+        f"  HF_ENDPOINT={info['hf_endpoint']}\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
         f"  kubectl get workspace,machines,nodes\n"
         f"  component logs: {info['logs']}\n"

@@ -9,10 +9,13 @@ whenever a condition changes:
    AKS agent pool through the real Azure SDK against the emulated ARM API, which
    registers a GPU Node; the controller labels it and sets ``ResourceReady``;
 2. the controller creates the ConfigMap, Service and Deployment; the real scheduler
-   binds the pod to the GPU node; the node agent runs the inference server from
-   images/inference as a local process (the tiny local model stands in for phi-3's
-   weights: the pod's annotations say so), and the pod turns Ready from the server's
-   own ``/health``; ``InferenceReady`` and ``WorkspaceReady`` follow;
+   binds the pod to the GPU node; the node agent runs the pod's ``fetch-weights`` init
+   container, the real fetcher, which downloads phi-3's repo at its pinned revision from
+   the stack's Hugging Face hub emulator into the node's model cache (the hub serves the
+   tiny local stand-in model there, not phi-3's weights: the demo, the hub's log and the
+   pod's annotations say so), then the inference server from images/inference as a
+   local process, and the pod turns Ready from the server's own ``/health``;
+   ``InferenceReady`` and ``WorkspaceReady`` follow;
 3. it sends the quick start's ``/chat`` request and a streaming
    ``/v1/chat/completions`` request to the pod (there is no kube-proxy locally, so it
    resolves the Service's pod itself) and prints the answers, then where the metrics are.
@@ -29,6 +32,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import yaml
@@ -79,6 +83,46 @@ class DemoResult:
     chat: str
     stream: str
     timeline: Timeline
+    fetched: HubFetch | None = None
+
+
+@dataclass
+class HubFetch:
+    """What the hub emulator sent for one repo (its request log)."""
+
+    repo: str
+    files: int
+    bytes: int
+    requests: int
+    note: str | None
+
+
+async def hub_fetch(hub_url: str, repo: str) -> HubFetch:
+    """Files and bytes the hub emulator at ``hub_url`` sent for ``repo``."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(f"{hub_url}/_emulator/requests") as requests,
+        session.get(f"{hub_url}/_emulator/state") as state,
+    ):
+        log = [r for r in await requests.json() if r["repo"] == repo]
+        note = (await state.json()).get("notes", {}).get(repo)
+    sent = [r for r in log if r["bytes_sent"] > 0]
+    return HubFetch(
+        repo=repo,
+        files=len({r["file"] for r in sent}),
+        bytes=sum(r["bytes_sent"] for r in sent),
+        requests=len(log),
+        note=note,
+    )
+
+
+def _fetch_args(pod: Obj) -> tuple[str, str] | None:
+    """(repo, revision) of the pod's ``fetch-weights`` init container."""
+    for c in pod["spec"].get("initContainers") or ():
+        argv = [*(c.get("command") or ()), *(c.get("args") or ())]
+        if c.get("name") == "fetch-weights" and "--repo" in argv and "--revision" in argv:
+            return argv[argv.index("--repo") + 1], argv[argv.index("--revision") + 1]
+    return None
 
 
 def kubectl_get_workspace(kubeconfig: str, name: str, namespace: str) -> str:
@@ -113,11 +157,23 @@ async def run_quick_start(
         f"{pod['metadata']['name']} at {pod_ip}:{port}; no kube-proxy locally, so the demo "
         "talks to the pod"
     )
+    fetched = None
+    fetch = _fetch_args(pod)
+    hub_url = json.loads((Path(state.data_dir) / "stack.json").read_text()).get("hf_endpoint")
+    if fetch is not None and hub_url:
+        fetched = await hub_fetch(hub_url, fetch[0])
+        say(
+            f"the hub emulator ({hub_url}) sent {fetched.repo}@{fetch[1][:7]}: "
+            f"{fetched.files} files, {fetched.bytes / 1e6:.1f} MB in {fetched.requests} "
+            "requests, once: the node's model cache serves the next pod on that node"
+        )
+        if fetched.note:
+            say(f"  {fetched.note}")
     if model_note:
         say(f"the node agent serves {model_note}: expect fluent nonsense, not phi-3's answers")
     chat = await _chat(base, say)
     stream = await _stream(base, say)
-    return DemoResult(ws, node, pod, chat, stream, timeline)
+    return DemoResult(ws, node, pod, chat, stream, timeline, fetched)
 
 
 async def _follow(
@@ -173,6 +229,19 @@ def _narrate_pod(pod: Obj, tell: Callable[[str, str], None]) -> None:
     node = pod["spec"].get("nodeName")
     if node:
         tell("pod scheduled", f"kube-scheduler bound {pod_name} to {node}")
+    fetch = _fetch_args(pod)
+    for cs in pod.get("status", {}).get("initContainerStatuses") or ():
+        if cs.get("name") != "fetch-weights" or fetch is None:
+            continue
+        state = cs.get("state") or {}
+        if "running" in state or "terminated" in state:
+            tell(
+                "weights fetch started",
+                f"fetch-weights: the real fetcher downloads {fetch[0]}@{fetch[1][:7]} from the "
+                "hub emulator (it holds the tiny stand-in model, not the preset's weights)",
+            )
+        if (state.get("terminated") or {}).get("exitCode") == 0:
+            tell("weights fetched", "weights fetched into the node's model cache (.kaito-complete)")
     for cs in pod.get("status", {}).get("containerStatuses") or ():
         if "running" in (cs.get("state") or {}):
             ip = pod["status"].get("podIP")

@@ -1,5 +1,10 @@
 """The local KAITO stack on top of the control plane: CRDs, RBAC, a local OCI registry,
-the AKS emulator, controllers, node agent.
+the AKS emulator, a Hugging Face hub emulator, controllers, node agent.
+
+The hub emulator serves the node agent's tiny stand-in model under every preset's repo
+at the preset's pinned revision (`kaito.dev.hfhub.presets`), and the node agent points
+the ``fetch-weights`` init containers at it: the weights take the real fetch path, only
+the bytes are a stand-in (the hub's log and the demo say so).
 
 Each component runs as its own process, started with the same command a container
 would run (``kaito dev aks-emulator``, ``kaito gpu-provisioner``, ...), in a new
@@ -24,6 +29,10 @@ import yaml
 
 from kaito.dev import identities
 from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState, free_port
+from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos
+from kaito.dev.nodeagent.agent import DEFAULT_PYTHON, PYTHONPATH
+from kaito.dev.nodeagent.env import CPU_ENV
+from kaito.dev.nodeagent.model import StandInModel
 from kaito.dev.registry import LocalRegistry
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import AlreadyExists
@@ -178,14 +187,64 @@ class Stack:
         self.say(f"local OCI registry (docker-registry) at {registry.address}")
         return registry.address
 
-    def start_node_agent(self) -> None:
-        """The kubelet stand-in: runs pods bound to the emulated GPU nodes as processes."""
-        self.say("starting the node agent (runs the inference and tuning pods on CPU)")
+    async def stand_in_model(self) -> Path:
+        """The node agent's tiny stand-in model, built once per machine (cached)."""
+        model = StandInModel(
+            stand_in_model_dir(), python=DEFAULT_PYTHON, env={**CPU_ENV, "PYTHONPATH": PYTHONPATH}
+        )
+        if model.ready:
+            self.say(f"tiny stand-in model: {model.folder} (cached)")
+            return model.folder
+        t0 = time.monotonic()
+        self.say(f"building the tiny stand-in model into {model.folder} (once per machine)")
+        try:
+            folder = await model.ensure()
+        except (OSError, RuntimeError) as e:
+            raise ControlPlaneError(f"building the stand-in model failed: {e}") from e
+        self.say(f"tiny stand-in model built in {time.monotonic() - t0:.1f}s")
+        return folder
+
+    def start_hf_hub(self, model: Path) -> str:
+        """The Hugging Face hub emulator serving ``model`` under every preset's repo at its
+        pinned revision; returns its URL (the node agent's ``--hf-endpoint``)."""
+        hub_dir = self.dir / "hf-hub"
+        hub_dir.mkdir(exist_ok=True)
+        state_file = hub_dir / "state.json"
+        pid = self.spawn(
+            "hf-hub",
+            ["dev", "hf-hub", "--root", str(hub_dir / "repos"), "--port", "0",
+             "--publish-presets", str(model), "--state-file", str(state_file)],
+        )  # fmt: skip
+        self.wait_for("the hub emulator", lambda: _json_file(state_file) is not None, pid,
+                      timeout=60)  # fmt: skip
+        url = str((_json_file(state_file) or {})["url"])
+        repos = preset_repos()
+        gated = [name for r in repos if r.gated for name in r.presets]
+        self.say(
+            f"Hugging Face hub emulator at {url}: {len(repos)} preset repos at their pinned "
+            "revisions, each holding the tiny stand-in model (NOT the presets' weights)"
+        )
+        if gated:
+            self.say(
+                f"  gated presets ({', '.join(gated)}) need a modelAccessSecret whose "
+                f"token is {DEV_TOKEN}"
+            )
+        self.ports["hf-hub"] = int(url.rsplit(":", 1)[1])
+        return url
+
+    def start_node_agent(self, hf_endpoint: str) -> None:
+        """The kubelet stand-in: runs pods bound to the emulated GPU nodes as processes;
+        their weights fetches download from ``hf_endpoint``."""
+        self.say(
+            "starting the node agent (runs the inference and tuning pods on CPU; weights "
+            "fetches download from the hub emulator)"
+        )
         pid = self.spawn(
             "node-agent",
             ["dev", "node-agent", "--kubeconfig", self.state.kubeconfig,
              "--state-dir", str(self.dir / "node-agent"), "--restart-backoff", "2",
-             "--model-dir", str(cache_dir() / "tiny-model"), "--prepare-model"],
+             "--model-dir", str(stand_in_model_dir()), "--prepare-model",
+             "--hf-endpoint", hf_endpoint],
         )  # fmt: skip
         time.sleep(0.5)
         self.wait_for("the node agent to start", lambda: True, pid, timeout=5)
@@ -194,6 +253,20 @@ class Stack:
 def cache_dir() -> Path:
     """Where built artefacts outlive a cluster: ``$KAITO_CACHE`` or ``~/.cache/kaito``."""
     return Path(os.environ.get("KAITO_CACHE") or Path.home() / ".cache" / "kaito")
+
+
+def _json_file(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None while it is missing or still being written."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stand_in_model_dir() -> Path:
+    """The tiny stand-in model the node agent and the hub emulator share."""
+    return cache_dir() / "tiny-model"
 
 
 def _http_ok(port: int) -> bool:
@@ -208,8 +281,9 @@ def _http_ok(port: int) -> bool:
 
 
 async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -> dict[str, Any]:
-    """CRDs, RBAC, the AKS emulator, both controllers (as their ServiceAccounts) and the
-    node agent; returns what the demo prints (logs, metrics ports)."""
+    """CRDs, RBAC, the registry, the AKS emulator, the hub emulator, both controllers (as
+    their ServiceAccounts) and the node agent; returns what the demo prints (logs,
+    metrics ports, the hub's URL)."""
     ids = Path(state.data_dir) / "identities"
     ids.mkdir(exist_ok=True)
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
@@ -226,12 +300,14 @@ async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -
     stack = Stack(state, say=say)
     registry = stack.start_registry()
     arm_env = stack.start_aks_emulator(create_latency=0.5)
+    hub = stack.start_hf_hub(await stack.stand_in_model())
     stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
     stack.start_workspace_controller(kubeconfigs["workspace-controller"])
-    stack.start_node_agent()
+    stack.start_node_agent(hub)
     info = {
         "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
         "registry": registry,
+        "hf_endpoint": hub,
         "logs": str(stack.logs),
         "ports": stack.ports,
     }

@@ -3,7 +3,11 @@ drive the real client; these pin the headers and codes it depends on)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +15,8 @@ import pytest
 
 from kaito.dev.hfhub import Fault, FaultKind, HubEmulator, Scope
 from kaito.dev.hfhub.cli import parse_publish
+from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in
+from kaito.presets.catalog import load_catalog
 from tests.integration.hfhub.conftest import REPO, WEIGHTS, WEIGHTS_SIZE, make_model
 
 
@@ -167,8 +173,99 @@ async def test_publish_over_http(
         assert r.status == 400
 
 
+async def test_publish_under_a_given_commit_with_a_note(
+    hub: HubEmulator, model: Path, http: aiohttp.ClientSession
+) -> None:
+    """A stand-in served at the exact sha a preset pins, saying what it holds."""
+    pinned = "0a67737cc96d2554230f90338b163bc6380a2a85"
+    (model / ".complete").write_text("local marker\n")
+    note = "STAND-IN: not the real weights"
+    assert hub.publish(REPO, model, commit=pinned, note=note, exclude=[".complete"]) == pinned
+    assert hub.store.resolve(REPO, "main").sha == pinned
+    async with http.get(f"{hub.url}/api/models/{REPO}/revision/{pinned}") as r:
+        info = await r.json()
+    assert info["sha"] == pinned
+    assert info["cardData"] == {"kaito_note": note}
+    assert ".complete" not in {s["rfilename"] for s in info["siblings"]}
+    async with http.get(f"{hub.url}/_emulator/state") as r:
+        assert (await r.json())["notes"] == {REPO: note}
+    # The same files under their own sha, and a note that stays when not given again.
+    computed = hub.publish(REPO, model, exclude=[".complete"])
+    assert computed != pinned
+    assert hub.store.note(REPO) == note
+    with pytest.raises(ValueError, match="commit 'abc': expected a full commit sha"):
+        hub.publish(REPO, model, commit="abc")
+
+
+async def test_every_preset_repo_serves_the_stand_in_at_its_pinned_revision(
+    hub: HubEmulator, model: Path, http: aiohttp.ClientSession
+) -> None:
+    catalog = load_catalog()
+    presets = [catalog.get(n) for n in catalog.names(include_deprecated=True)]
+    fetched = [p for p in presets if p is not None and p.hugging_face is not None]
+    pinned = {(p.hugging_face.repo, p.hugging_face.revision) for p in fetched if p.hugging_face}
+    repos = preset_repos(catalog)
+    assert {(r.repo, r.revision) for r in repos} == pinned
+    published = publish_stand_in(hub, model)
+    assert published == {f"{repo}@{rev}": rev for repo, rev in pinned}
+    gated = {r.repo for r in repos if r.gated}
+    assert gated == {
+        p.hugging_face.repo for p in fetched if p.hugging_face and p.download_auth_required
+    }
+    assert gated, "the catalog has gated presets"
+    for r in repos:
+        async with http.get(f"{hub.url}/api/models/{r.repo}/revision/{r.revision}") as resp:
+            info = await resp.json()
+        assert info["sha"] == r.revision
+        assert "STAND-IN" in info["cardData"]["kaito_note"]
+        assert r.repo in info["cardData"]["kaito_note"]
+        url = f"{hub.url}/{r.repo}/resolve/{r.revision}/config.json"
+        async with http.get(url) as resp:
+            assert resp.status == (401 if r.gated else 200), r
+        if r.gated:
+            headers = {"Authorization": f"Bearer {DEV_TOKEN}"}
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == 200
+
+
 def test_cli_publish_argument() -> None:
     assert parse_publish("a/b=./m") == ("a/b", Path("./m"), None)
     assert parse_publish("a/b=./m@v2") == ("a/b", Path("./m"), "v2")
     with pytest.raises(ValueError, match="REPO=FOLDER"):
         parse_publish("a/b")
+
+
+async def test_cli_serves_a_folder_at_a_commit_and_the_stand_in_under_the_presets(
+    model: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """`kaito dev hf-hub` as the stack starts it: ``@<sha>`` is a commit, and
+    ``--publish-presets`` says on its output that the repos hold a stand-in."""
+    pinned = "1" * 40
+    state = tmp_path / "state.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kaito.cli", "dev", "hf-hub", "--root", str(tmp_path / "root"),
+        "--publish", f"{REPO}={model}@{pinned}", "--publish-presets", str(model),
+        "--state-file", str(state),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            while not state.exists() or not state.read_text().endswith("}"):
+                if proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.1)
+        info = json.loads(state.read_text())
+        assert info["published"][f"{REPO}@{pinned}"] == pinned
+        phi3 = next(r for r in preset_repos() if r.repo == "microsoft/Phi-3-mini-4k-instruct")
+        assert info["published"][phi3.ref] == phi3.revision
+        assert phi3.ref in info["stand_ins"]
+        async with http.get(f"{info['url']}/api/models/{REPO}/revision/{pinned}") as r:
+            assert (await r.json())["sha"] == pinned
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "each holding a STAND-IN" in text, text
+    assert f"published {phi3.ref} (phi-3-mini-4k-instruct)" in text, text
+    assert "gated: token " + DEV_TOKEN in text, text

@@ -63,6 +63,20 @@ async def test_a_full_commit_sha_is_a_revision_and_names_the_target(
     assert tree_digest(fetcher.cache / f"kaito-test--tiny@{sha}") == tree_digest(model)
 
 
+async def test_a_stand_in_published_at_a_pinned_commit_is_fetched_at_that_revision(
+    hub: HubEmulator, model: Path, fetcher: Fetcher
+) -> None:
+    """What the local stack does: the preset's pinned sha serves other (stand-in) files."""
+    pinned = "0a67737cc96d2554230f90338b163bc6380a2a85"
+    hub.publish(REPO, model, commit=pinned, note="STAND-IN")
+    run = await fetcher.run(revision=pinned)
+    assert run.code == 0, run.stderr
+    target = fetcher.cache / f"kaito-test--tiny@{pinned}"
+    assert run.stdout.strip() == str(target)
+    assert tree_digest(target) == tree_digest(model)
+    assert (target / ".kaito-complete").exists()
+
+
 async def test_resume_after_a_reset_mid_file_continues_with_range(
     hub: HubEmulator, fetcher: Fetcher, tmp_path: Path
 ) -> None:

@@ -3,10 +3,14 @@ GPU Node shaped like the AKS emulator's, and a `NodeAgent` running in this proce
 
 - ``nodeagent_state``: one state folder per session (the tiny stand-in model is built
   once and shared by the tests).
+- ``stand_in_hub_root``: the hub emulator's repos, once per session: that stand-in model
+  under every preset's repo at its pinned revision, as `kaito dev up` publishes it.
 - ``narig``: a namespace of its own, a Ready GPU Node (``Standard_NC6s_v3``, taint
-  ``sku=gpu:NoSchedule``) labelled ``kaito-test=<id>``, and an agent serving only that
-  Node. Teardown deletes the namespace's workloads through the running agent, then
-  asserts that no pod, no process started by the agent and no Node is left.
+  ``sku=gpu:NoSchedule``) labelled ``kaito-test=<id>``, a hub emulator of its own on
+  those repos (``rig.hub``: its request log is this test's), and an agent serving only
+  that Node whose weights fetches download from that hub. Teardown deletes the
+  namespace's workloads through the running agent, then asserts that no pod, no process
+  started by the agent and no Node is left.
 
 Needs ``.venv-inference`` (the images' interpreter): it fails, not skips, without it.
 """
@@ -23,7 +27,13 @@ from typing import Any
 
 import pytest
 
+from kaito.dev.hfhub import HubEmulator
+from kaito.dev.hfhub.presets import publish_stand_in
+from kaito.dev.hfhub.store import HubStore
 from kaito.dev.nodeagent import DEFAULT_PYTHON, NodeAgent
+from kaito.dev.nodeagent.agent import PYTHONPATH
+from kaito.dev.nodeagent.env import CPU_ENV
+from kaito.dev.nodeagent.model import StandInModel
 from kaito.dev.nodeagent.process import orphans
 from kaito.provisioner.emulator.nodes import build_node
 from kaito.runtime.client import Client
@@ -81,16 +91,45 @@ def nodeagent_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("node-agent")
 
 
+@pytest.fixture(scope="session")
+async def stand_in_hub_root(
+    nodeagent_state: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The stand-in model (the agent's own, built here once) under every preset's repo."""
+    model = StandInModel(
+        nodeagent_state / "tiny-model",
+        python=DEFAULT_PYTHON,
+        env={**CPU_ENV, "PYTHONPATH": PYTHONPATH},
+    )
+    root = tmp_path_factory.mktemp("hf-hub")
+    publish_stand_in(HubStore(root), await model.ensure())
+    return root
+
+
 class NodeAgentRig:
-    def __init__(self, client: Client, namespace: str, node: str, test_id: str, state: Path):
+    def __init__(
+        self,
+        client: Client,
+        namespace: str,
+        node: str,
+        test_id: str,
+        state: Path,
+        hub: HubEmulator,
+    ):
         self.client = client
         self.namespace = namespace
         self.node = node
         self.test_id = test_id
         self.state = state
+        self.hub = hub
         self.selector = f"kaito-test={test_id}"
         self.agent = self._new_agent()
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def node_disk(self) -> Path:
+        """The emulated node's own disk (its ``/var/lib/kaito`` hostPaths)."""
+        return self.state / "node-disk" / self.node
 
     def _new_agent(self, python: str = DEFAULT_PYTHON) -> NodeAgent:
         return NodeAgent(
@@ -100,6 +139,7 @@ class NodeAgentRig:
             node_selector=self.selector,
             restart_backoff=0.5,
             max_grace=5.0,
+            hf_endpoint=self.hub.url,
         )
 
     def start(self, *, python: str = DEFAULT_PYTHON) -> None:
@@ -134,7 +174,9 @@ async def _default_service_account(client: Client, namespace: str) -> None:
 
 
 @pytest.fixture
-async def narig(client: Client, nodeagent_state: Path) -> AsyncIterator[NodeAgentRig]:
+async def narig(
+    client: Client, nodeagent_state: Path, stand_in_hub_root: Path
+) -> AsyncIterator[NodeAgentRig]:
     test_id = uuid.uuid4().hex[:8]
     namespace = f"na-{test_id}"
     await client.create(NAMESPACES, {"metadata": {"name": namespace}})
@@ -163,7 +205,9 @@ async def narig(client: Client, nodeagent_state: Path) -> AsyncIterator[NodeAgen
     ]
     await client.update(NODES, created)
     await _default_service_account(client, namespace)
-    rig = NodeAgentRig(client, namespace, name, test_id, nodeagent_state)
+    hub = HubEmulator(stand_in_hub_root)
+    await hub.start()
+    rig = NodeAgentRig(client, namespace, name, test_id, nodeagent_state, hub)
     rig.start()
     try:
         yield rig
@@ -187,6 +231,7 @@ async def narig(client: Client, nodeagent_state: Path) -> AsyncIterator[NodeAgen
         assert not rig.agent.workers, f"workers left: {sorted(rig.agent.workers)}"
     finally:
         await rig.stop()
+        await hub.stop()
         with contextlib.suppress(NotFound):
             await client.delete(NODES, name)
         with contextlib.suppress(NotFound):

@@ -194,3 +194,56 @@ def test_the_model_cache_hostpath_is_the_emulated_nodes_disk(tmp_path: Any) -> N
     assert host_path("/var/lib/kaito/models", disk) == disk / "var/lib/kaito/models"
     assert host_path("/srv/data", disk) == Path("/srv/data")
     assert host_path("/var/lib/kaitoX", disk) == Path("/var/lib/kaitoX")
+
+
+HUB = "http://127.0.0.1:40000"
+
+
+def test_with_a_hub_the_weights_fetch_runs_the_real_fetcher_into_the_nodes_cache() -> None:
+    """The stack's hub emulator serves the stand-in under the preset's repo: the fetch runs
+    as written (only the cache path is the node's disk), and says where it downloads from."""
+    mounts = MountMap([Mount("/var/lib/kaito/models", "/nd/models")])
+    called: list[str] = []
+    tr = translate(
+        container(*FETCH), python=PY, mounts=mounts, pod_ip="127.0.1.1",
+        stand_in_model=lambda: called.append("built") or MODEL, hf_endpoint=HUB,
+    )  # fmt: skip
+    assert tr.argv == [
+        PY, "-m", "kaito_inference.fetch",
+        "--repo", "microsoft/Phi-3-mini-4k-instruct",
+        "--revision", TARGET.split("@")[1],
+        "--cache-dir", "/nd/models",
+    ]  # fmt: skip
+    assert called == [], "the fetch never needs the local stand-in folder"
+    assert tr.uses_stand_in_model
+    (note,) = tr.adaptations
+    assert note.startswith(f"fetch of microsoft/Phi-3-mini-4k-instruct@{TARGET.split('@')[1]}")
+    assert HUB in note and "stand-in model, not the preset's weights" in note
+
+
+def test_with_a_hub_the_server_loading_from_the_cache_serves_the_stand_in() -> None:
+    mounts = MountMap([Mount("/var/lib/kaito/models", "/nd/models")])
+    tr = translate(
+        container("python", "-m", "kaito_inference", "--model",
+                  f"/var/lib/kaito/models/{TARGET}", "--max-model-len", "4096"),
+        python=PY, mounts=mounts, pod_ip="127.0.1.1", hf_endpoint=HUB,
+    )  # fmt: skip
+    assert tr.uses_stand_in_model
+    assert tr.argv[tr.argv.index("--model") + 1] == f"/nd/models/{TARGET}"
+    assert tr.argv[tr.argv.index("--max-model-len") + 1] == "2048"
+    assert tr.adaptations[0] == (
+        f"/var/lib/kaito/models/{TARGET}: the tiny stand-in model the weights fetch put in "
+        "the node's cache"
+    )
+
+
+def test_with_a_hub_a_server_on_a_mounted_model_keeps_its_context() -> None:
+    """Only the cache the hub filled holds the stand-in: another model keeps its length."""
+    mounts = MountMap([Mount("/mnt/model", "/host/model")])
+    tr = translate(
+        container("python", "-m", "kaito_inference", "--model", "/mnt/model",
+                  "--max-model-len", "4096"),
+        python=PY, mounts=mounts, pod_ip="127.0.1.1", hf_endpoint=HUB,
+    )  # fmt: skip
+    assert not tr.uses_stand_in_model
+    assert tr.argv[tr.argv.index("--max-model-len") + 1] == "4096"

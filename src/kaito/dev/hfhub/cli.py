@@ -1,10 +1,14 @@
 """``kaito dev hf-hub``: serve the hub emulator until SIGTERM/SIGINT.
 
     kaito dev hf-hub --root .kaito/dev/hf-hub --port 0 \\
-        --publish kaito-dev/tiny=./model[@main] --gated kaito-dev/tiny=TOKEN
+        --publish kaito-dev/tiny=./model[@main|@<commit sha>] --gated kaito-dev/tiny=TOKEN \\
+        [--publish-presets ./stand-in-model]
 
 prints ``HF_ENDPOINT=<url>`` and one ``published <repo>@<revision> <sha>`` line per
-repo, then serves. ``--state-file`` also writes them as JSON for programs.
+repo, then serves. ``@REVISION`` is a branch, or a full commit sha to serve the folder
+under (e.g. a preset's pinned revision). ``--publish-presets FOLDER`` publishes FOLDER
+as a stand-in under every preset's repo at its pinned revision (`presets`), each with a
+note saying it is a stand-in. ``--state-file`` also writes them as JSON for programs.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 DEFAULT_ROOT = Path(".kaito/dev/hf-hub")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def add_arguments(p: Any) -> None:
@@ -33,8 +39,16 @@ def add_arguments(p: Any) -> None:
         action="append",
         default=[],
         metavar="REPO=FOLDER[@REVISION]",
-        help="publish a local folder as REPO (org/name) on branch REVISION (default main); "
-        "repeatable",
+        help="publish a local folder as REPO (org/name) on branch REVISION (default main), "
+        "or as commit REVISION when it is a full commit sha; repeatable",
+    )
+    p.add_argument(
+        "--publish-presets",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="publish FOLDER as a stand-in under every preset's repo at its pinned revision "
+        "(gated presets: only the token kaito.dev.hfhub.presets.DEV_TOKEN)",
     )
     p.add_argument(
         "--gated",
@@ -54,6 +68,10 @@ def parse_publish(value: str) -> tuple[str, Path, str | None]:
         raise ValueError(f"--publish {value!r}: expected REPO=FOLDER[@REVISION]")
     folder, at, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
     return repo, Path(folder), (revision or None) if at else None
+
+
+def _is_commit(revision: str | None) -> bool:
+    return revision is not None and bool(_COMMIT.match(revision))
 
 
 def cmd_hf_hub(args: argparse.Namespace) -> int:
@@ -80,23 +98,50 @@ def _parse_gated(value: str) -> tuple[str, str]:
 async def _run(
     args: argparse.Namespace, publish: list[tuple[str, Path, str | None]], gated: dict[str, str]
 ) -> int:
+    from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in, stand_in_note
     from kaito.dev.hfhub.server import HubEmulator
     from kaito.runtime.entrypoint import run_until_stopped
 
     hub = HubEmulator(args.root.resolve(), host=args.host, port=args.port, cdn_port=args.cdn_port)
     shas: dict[str, str] = {}
+    stand_ins: dict[str, str] = {}
+    flag = "--publish"
     try:
         for repo, folder, revision in publish:
-            sha = hub.publish(repo, folder, revision=revision, gated_token=gated.get(repo))
+            commit = revision if _is_commit(revision) else None
+            sha = hub.publish(
+                repo,
+                folder,
+                revision=None if commit else revision,
+                commit=commit,
+                gated_token=gated.get(repo),
+            )
             shas[f"{repo}@{revision or 'main'}"] = sha
+        if args.publish_presets is not None:
+            flag = "--publish-presets"
+            stand_ins = publish_stand_in(hub, args.publish_presets.resolve())
     except ValueError as e:
-        print(f"kaito dev hf-hub: --publish: {e}", file=sys.stderr)
+        print(f"kaito dev hf-hub: {flag}: {e}", file=sys.stderr)
         return 2
     await hub.start()
     try:
         print(f"HF_ENDPOINT={hub.url}", flush=True)
         for ref, sha in shas.items():
             print(f"published {ref} {sha}", flush=True)
+        if stand_ins:
+            folder = args.publish_presets.resolve()
+            print(
+                f"published {len(stand_ins)} preset repos at their pinned revisions, each "
+                f"holding a STAND-IN: the local model in {folder}, not the presets' weights",
+                flush=True,
+            )
+            for r in preset_repos():
+                print(
+                    f"published {r.ref} ({', '.join(r.presets)})"
+                    f"{' gated: token ' + DEV_TOKEN if r.gated else ''}: "
+                    f"{stand_in_note(r.repo, folder)}",
+                    flush=True,
+                )
         print(
             f"Inject a fault:\n  curl -s -XPOST {hub.url}/_emulator/faults "
             """-d '{"kind": "reset", "scope": "content", "after_bytes": 1024}'""",
@@ -104,7 +149,15 @@ async def _run(
         )
         if args.state_file is not None:
             args.state_file.write_text(
-                json.dumps({"url": hub.url, "cdn": hub.cdn_url, "published": shas}, indent=1)
+                json.dumps(
+                    {
+                        "url": hub.url,
+                        "cdn": hub.cdn_url,
+                        "published": {**shas, **stand_ins},
+                        "stand_ins": sorted(stand_ins),
+                    },
+                    indent=1,
+                )
             )
         stopped = asyncio.Event()
 

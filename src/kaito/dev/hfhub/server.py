@@ -196,12 +196,25 @@ class HubEmulator:
         folder: Path,
         *,
         revision: str | None = None,
+        commit: str | None = None,
         gated_token: str | None = None,
+        note: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> str:
         """Publish ``folder`` as ``repo_id`` on branch ``revision`` (default main); returns
-        the commit sha (deterministic: the same files give the same sha)."""
-        sha = self.store.publish(repo_id, folder, revision=revision, gated_token=gated_token)
-        log.info("repo published", repo=repo_id, revision=revision or "main", sha=sha)
+        the commit sha (deterministic: the same files give the same sha), or ``commit``
+        when given (the sha to serve the files under, e.g. a preset's pinned revision).
+        ``note`` says what the repo really holds: logged here, kept with the repo, shown
+        in its model info (``cardData.kaito_note``) and ``/_emulator/state``.
+        ``exclude``: relative paths left out (besides ``.git/`` and ``.cache/``)."""
+        sha = self.store.publish(
+            repo_id, folder, revision=revision, commit=commit, gated_token=gated_token,
+            note=note, exclude=exclude,
+        )  # fmt: skip
+        log.info(
+            "repo published", repo=repo_id, revision=revision or "main", sha=sha,
+            gated=self.store.gated(repo_id), **({"note": note} if note else {}),
+        )  # fmt: skip
         return sha
 
     def inject(self, fault: Fault) -> Fault:
@@ -321,8 +334,10 @@ class HubEmulator:
                     s["lfs"] = {"size": f.size, "sha256": f.sha256, "pointerSize": len(f.pointer())}
             siblings.append(s)
         gated = self.store.gated(commit.repo_id)
+        note = self.store.note(commit.repo_id)
         return web.json_response(
             {
+                **({"cardData": {"kaito_note": note}} if note else {}),
                 "_id": commit.sha[:24],
                 "id": commit.repo_id,
                 "modelId": commit.repo_id,
@@ -508,6 +523,7 @@ class HubEmulator:
                 "url": self.url,
                 "cdn": self.cdn_url,
                 "repos": self.store.repos(),
+                "notes": {r: n for r in self.store.repos() if (n := self.store.note(r))},
                 "faults": [f.to_json() for f in self.faults.faults],
                 "requests": len(self.requests),
                 "bytesSent": self.bytes_sent(),
@@ -535,7 +551,9 @@ class HubEmulator:
                 str(body["repo_id"]),
                 Path(body["folder"]),
                 revision=body.get("revision"),
+                commit=body.get("commit"),
                 gated_token=body.get("gated_token"),
+                note=body.get("note"),
             )
         except (ValueError, TypeError) as e:
             return web.json_response({"error": str(e)}, status=400)

@@ -8,8 +8,11 @@ Layout under ``root``::
 
 A commit's sha is the SHA-1 of the repo id and its sorted (path, blob oid) pairs, so
 publishing the same folder twice gives the same commit (a test can compute it ahead),
-and any change to any file gives a new one. A branch (``main`` by default) points at the
-last commit published to it; older commits stay reachable by their sha, as on the hub.
+and any change to any file gives a new one; ``publish(..., commit=SHA)`` names the
+commit instead (a stand-in served at the exact revision a preset pins; publishing other
+files under the same sha replaces them, which the real hub never does). A branch
+(``main`` by default) points at the last commit published to it; older commits stay
+reachable by their sha, as on the hub.
 
 Which files are "LFS" (served through the CDN redirect with ``X-Linked-Etag`` = sha256):
 the hub decides by the repo's ``.gitattributes``; here, weight-like extensions and any
@@ -24,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,6 +94,7 @@ class _Repo:
     refs: dict[str, str]
     gated: bool = False
     token_sha256: str | None = None
+    note: str | None = None
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -117,33 +122,44 @@ class HubStore:
         folder: Path,
         *,
         revision: str | None = None,
+        commit: str | None = None,
         gated_token: str | None = None,
+        note: str | None = None,
+        exclude: Iterable[str] = (),
     ) -> str:
         """Publish every file under ``folder`` as a commit of ``repo_id`` on branch
         ``revision`` (default ``main``); returns the commit sha.
 
+        ``commit``: the commit's sha (40 lowercase hex digits), instead of the one computed
+        from the files; e.g. the revision a preset pins, served with other content.
         ``gated_token``: the repo is gated, and only this bearer token may download its
         files (metadata stays public, as on the hub). Publishing again without it keeps
         the repo's gating as it was.
+        ``note``: a line about the repo (what it really holds), kept with it; publishing
+        again without one keeps it. ``exclude``: paths (relative, posix) left out, besides
+        ``.git/`` and ``.cache/``.
         """
         if not _REPO_ID.match(repo_id):
             raise ValueError(f"repo_id {repo_id!r}: expected 'org/name' (letters, digits, ._-)")
         branch = revision or "main"
         if not _BRANCH.match(branch) or _SHA1.match(branch):
             raise ValueError(f"revision {branch!r}: expected a branch name (letters, digits, ._-)")
+        if commit is not None and not _SHA1.match(commit):
+            raise ValueError(f"commit {commit!r}: expected a full commit sha (40 hex digits)")
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"folder {str(folder)!r}: not a directory")
         files = []
+        skipped = set(exclude)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
-            if rel.startswith(".git/") or rel.startswith(".cache/"):
+            if rel.startswith(".git/") or rel.startswith(".cache/") or rel in skipped:
                 continue
             files.append(self._add_blob(rel, path))
         if not files:
             raise ValueError(f"folder {str(folder)!r}: no files to publish")
         listing = json.dumps({"repo": repo_id, "files": [[f.path, f.oid] for f in files]})
-        sha = hashlib.sha1(listing.encode(), usedforsecurity=False).hexdigest()
+        sha = commit or hashlib.sha1(listing.encode(), usedforsecurity=False).hexdigest()
         repo_dir = self._repo_dir(repo_id)
         repo_dir.mkdir(parents=True, exist_ok=True)
         _write_json(repo_dir / f"{sha}.json", {"files": [asdict(f) for f in files]})
@@ -154,6 +170,8 @@ class HubStore:
         repo.refs[branch] = sha
         if gated_token is not None:
             repo.gated, repo.token_sha256 = True, _token_digest(gated_token)
+        if note is not None:
+            repo.note = note
         _write_json(repo_dir / "repo.json", asdict(repo))
         return sha
 
@@ -196,6 +214,9 @@ class HubStore:
 
     def gated(self, repo_id: str) -> bool:
         return self._load_repo(repo_id).gated
+
+    def note(self, repo_id: str) -> str | None:
+        return self._load_repo(repo_id).note
 
     def token_allowed(self, repo_id: str, token: str) -> bool:
         repo = self._load_repo(repo_id)

@@ -20,11 +20,15 @@ Contract:
   "image X is not available to the node agent ...") and the pod stays Pending.
 - Volumes are local folders under ``<state-dir>/pods/<ns>_<name>_<uid8>/`` (emptyDir,
   configMap, secret; hostPath is the path itself, except the node's model cache under
-  ``/var/lib/kaito``, which is ``<state-dir>/node-disk/var/lib/kaito``); argv paths
-  under a mount are rewritten to the local path (`command`, `volumes`).
+  ``/var/lib/kaito``, which is on the emulated node's own disk,
+  ``<state-dir>/node-disk/<node>/var/lib/kaito``); argv paths under a mount are
+  rewritten to the local path (`command`, `volumes`).
 - The weights: a ``fetch-weights`` init container (``python -m kaito_inference.fetch``)
-  copies a tiny local model, built once under ``<state-dir>/tiny-model``, into the cache
-  folder the fetch would fill (the stack has no hub to fetch from), and
+  runs for real, with ``HF_ENDPOINT`` on ``--hf-endpoint`` (the local stack's hub
+  emulator, which serves the tiny stand-in model under every preset's repo at its pinned
+  revision), into the node's cache: once per node, later pods load from the cache.
+  Without ``--hf-endpoint`` it copies the tiny local model (built once under
+  ``<state-dir>/tiny-model``) into the cache folder instead.
   ``/workspace/weights`` (a private preset's image) is replaced by that model; CPU
   adaptations (dtype float32, tensor parallel 1, ``--host <pod IP>``) are listed in the
   pod annotations

@@ -93,6 +93,7 @@ class NodeAgent:
         manager_options: ManagerOptions | None = None,
         model_dir: Path | None = None,
         prepare_model: bool = False,
+        hf_endpoint: str | None = None,
     ) -> None:
         """
         Args:
@@ -108,6 +109,10 @@ class NodeAgent:
                 ``<state_dir>/tiny-model``); a folder outside the state dir outlives it.
             prepare_model: build the stand-in model at start rather than when the first
                 pod needs it (as a node pre-pulls an image it knows it will run).
+            hf_endpoint: the Hugging Face hub the weights fetches download from (their
+                ``HF_ENDPOINT``; the local stack's hub emulator, which serves the
+                stand-in model under the presets' repos). None: a fetch copies the
+                stand-in model into the cache instead.
         """
         self.prepare_model = prepare_model
         self.client = client
@@ -140,6 +145,7 @@ class NodeAgent:
                 env=env,
             ),
             ips=IPPool(self._ips_in_cluster),
+            hf_endpoint=hf_endpoint,
         )
         self.workers: dict[str, PodWorker] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -175,7 +181,10 @@ class NodeAgent:
         """Run until `stop` (or cancellation); every child process is stopped on the way out."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         kill_orphans(self.state_dir)
-        log.info("node agent starting", state_dir=str(self.state_dir), python=self.ctx.python)
+        log.info(
+            "node agent starting", state_dir=str(self.state_dir), python=self.ctx.python,
+            hf_endpoint=self.ctx.hf_endpoint,
+        )  # fmt: skip
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg

@@ -47,6 +47,13 @@ def add_arguments(p: Any) -> None:
         action="store_true",
         help="build the stand-in model at start, not when the first pod needs it",
     )
+    p.add_argument(
+        "--hf-endpoint",
+        default=None,
+        help="the Hugging Face hub weights fetches download from (their HF_ENDPOINT; "
+        "`kaito dev up` passes its hub emulator); default none: a fetch copies the "
+        "stand-in model into the node's cache",
+    )
     p.set_defaults(func=cmd_node_agent)
 
 
@@ -68,5 +75,6 @@ async def _run(args: argparse.Namespace) -> int:
             restart_backoff=args.restart_backoff,
             model_dir=args.model_dir,
             prepare_model=args.prepare_model,
+            hf_endpoint=args.hf_endpoint,
         )
         return await run_until_stopped(agent.run, agent.stop)

@@ -13,13 +13,16 @@ For a runnable container, `translate` rewrites the argv:
 - ``/workspace/weights`` (the weights a private preset's image bakes in) becomes the
   local tiny stand-in model, unless a volume is mounted there;
 - the weights fetch (``python -m kaito_inference.fetch --repo R --revision V --cache-dir
-  C``, the ``fetch-weights`` init container) copies the stand-in model into the folder
-  the fetch would fill, ``C/<R with / as -->@V``, which the server's ``--model`` names:
-  this stack has no hub to fetch from yet, so the stand-in takes the cache's place;
+  C``, the ``fetch-weights`` init container) runs for real, with ``HF_ENDPOINT`` on the
+  agent's hub (``hf_endpoint``: the local stack's hub emulator, which serves the tiny
+  stand-in model under every preset's repo at its pinned revision), and fills
+  ``C/<R with / as -->@V``, which the server's ``--model`` names. With no hub configured
+  it copies the stand-in model into that folder instead;
 - CPU adaptations: ``--dtype float16|bfloat16|half`` -> ``float32``,
   ``--tensor-parallel-size N`` -> 1, ``--pipeline-parallel-size`` dropped,
-  ``--max-model-len`` capped to the stand-in model's 2048 when it is used, and for the
-  inference server ``--host`` is the pod IP.
+  ``--max-model-len`` capped to the stand-in model's 2048 when it is used (baked weights
+  replaced, or a model from the cache the hub filled), and for the inference server
+  ``--host`` is the pod IP.
 
 Every change that is not plain mount plumbing is listed in `Translation.adaptations`.
 """
@@ -105,6 +108,10 @@ def is_fetch(container: Obj) -> bool:
     return module_of(container) == FETCH_MODULE
 
 
+def _under(value: str, folder: str) -> bool:
+    return value == folder or value.startswith(folder + "/")
+
+
 def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
@@ -142,11 +149,14 @@ def translate(
     mounts: MountMap,
     pod_ip: str,
     stand_in_model: Callable[[], str] | None = None,
+    hf_endpoint: str | None = None,
 ) -> Translation:
     """The local argv of a runnable container (see the module docstring).
 
     ``stand_in_model`` returns the local model folder; it is called only when the argv
-    names ``/workspace/weights`` and no volume is mounted there.
+    names ``/workspace/weights`` and no volume is mounted there, or for a weights fetch
+    when there is no ``hf_endpoint``. ``hf_endpoint``: the hub the fetch downloads from
+    (the process's ``HF_ENDPOINT``, which the caller sets); it serves the stand-in.
     """
     argv = container_argv(container)
     found = _module_of(argv)
@@ -154,19 +164,34 @@ def translate(
         raise ValueError(f"container {container.get('name')} is not runnable by the node agent")
     module_index, module = found
     rest = argv[module_index + 1 :]
-    if module == FETCH_MODULE and stand_in_model is not None:
+    if module == FETCH_MODULE and hf_endpoint is None and stand_in_model is not None:
         return _stand_in_fetch(rest, python=python, mounts=mounts, stand_in_model=stand_in_model)
     out = Translation(argv=[python, *argv[1 : module_index + 1]])
     is_server = module == "kaito_inference"
     weights_mounted = mounts.covers(BAKED_WEIGHTS)
+    model_arg = _flag_value(rest, "--model")
+    from_cache = model_arg is not None and _under(model_arg, MODEL_CACHE)
+    stand_in_context = (stand_in_model is not None and not weights_mounted) or (
+        hf_endpoint is not None and from_cache
+    )
+    if module == FETCH_MODULE and hf_endpoint is not None:
+        repo, revision = _flag_value(rest, "--repo"), _flag_value(rest, "--revision")
+        out.uses_stand_in_model = True
+        out.adaptations.append(
+            f"fetch of {repo}@{revision} from the local hub emulator {hf_endpoint} "
+            "(HF_ENDPOINT): the repo holds the tiny stand-in model, not the preset's weights"
+        )
+
+    cached: list[str] = []
 
     def local(value: str) -> str:
         if (
-            stand_in_model is not None
+            (stand_in_model is not None or hf_endpoint is not None)
             and is_server
-            and (value == MODEL_CACHE or value.startswith(MODEL_CACHE + "/"))
+            and _under(value, MODEL_CACHE)
         ):
-            out.uses_stand_in_model = True  # what the fetch put there (`_stand_in_fetch`)
+            out.uses_stand_in_model = True  # what the fetch put there
+            cached.append(value)
         mapped = mounts.translate(value)
         if mapped != value:
             return mapped
@@ -197,8 +222,7 @@ def translate(
             and value is not None
             and value.isdigit()
             and int(value) > STAND_IN_MAX_LEN
-            and stand_in_model is not None
-            and not weights_mounted
+            and stand_in_context
         ):
             out.adaptations.append(
                 f"--max-model-len {value} -> {STAND_IN_MAX_LEN} (the stand-in model's context)"
@@ -219,7 +243,11 @@ def translate(
     if is_server and not saw_host:
         out.adaptations.append(f"--host {pod_ip} added (the pod IP on loopback)")
         out.argv += ["--host", pod_ip]
-    if out.uses_stand_in_model:
+    if cached:
+        out.adaptations.insert(
+            0, f"{cached[0]}: the tiny stand-in model the weights fetch put in the node's cache"
+        )
+    elif out.uses_stand_in_model and module != FETCH_MODULE:
         out.adaptations.insert(
             0, f"{BAKED_WEIGHTS} -> a tiny local model (stand-in for the preset's weights)"
         )

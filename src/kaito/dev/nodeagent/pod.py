@@ -6,7 +6,9 @@ until the pod goes. Its `run` does what kubelet's pod worker does, event-driven:
 1. allocate the pod IP and report it; realise the volumes (retried while a ConfigMap or
    Secret is missing; an unsupported volume type is reported and the pod stays Pending);
 2. translate each runnable container's argv (`command.translate`), build the stand-in
-   model if needed, and patch the ``kaito.sh/node-agent-*`` annotations;
+   model if needed (baked weights; a weights fetch when the agent has no hub), point a
+   weights fetch's ``HF_ENDPOINT`` at the agent's hub, and patch the
+   ``kaito.sh/node-agent-*`` annotations;
 3. run the init containers in order, each to completion, then every container at once;
    a container the agent cannot run waits in ``ErrImagePull``/``ImagePullBackOff``;
 4. supervise: a process exit is awaited, never polled; restarts follow the pod's
@@ -78,6 +80,12 @@ class AgentContext:
     max_grace: float
     model: StandInModel
     ips: IPPool
+    hf_endpoint: str | None = None
+    """The hub weights fetches download from (``HF_ENDPOINT``); None: the stand-in copy."""
+
+    def node_disk(self, node: str) -> Path:
+        """The emulated node's own disk (its hostPaths under ``/var/lib/kaito``)."""
+        return self.state_dir / "node-disk" / node
 
 
 class PodWorker:
@@ -184,8 +192,9 @@ class PodWorker:
             return
 
         # Plans: the local argv and env of each runnable container.
+        hub = self.ctx.hf_endpoint
         needs_model = any(
-            command.BAKED_WEIGHTS in arg or command.is_fetch(c)
+            command.BAKED_WEIGHTS in arg or (command.is_fetch(c) and hub is None)
             for c in (*self.init_specs, *self.specs)
             if command.is_runnable(c)
             for arg in command.container_argv(c)
@@ -206,6 +215,7 @@ class PodWorker:
                 mounts=mounts,
                 pod_ip=self.state.pod_ip,
                 stand_in_model=(lambda: model_dir or "") if model_dir else None,
+                hf_endpoint=hub,
             )
             used_model |= tr.uses_stand_in_model
             adaptations += [f"{c['name']}: {a}" for a in tr.adaptations]
@@ -217,6 +227,8 @@ class PodWorker:
                 fetch=self._fetch,
                 translate_path=mounts.translate,
             )
+            if hub is not None and command.is_fetch(c):
+                env["HF_ENDPOINT"] = hub  # the node's way out: the stack's hub emulator
             plans[c["name"]] = (tr.argv, env, self._workdir(c, mounts))
             self._log.info(
                 "container plan",
@@ -267,7 +279,10 @@ class PodWorker:
         while True:
             try:
                 volumes = await realise_volumes(
-                    self.pod, self.dir, self._fetch, node_disk=self.ctx.state_dir / "node-disk"
+                    self.pod,
+                    self.dir,
+                    self._fetch,
+                    node_disk=self.ctx.node_disk(self.pod["spec"]["nodeName"]),
                 )
             except UnsupportedVolume as e:
                 self._log.warning("unsupported volume", error=str(e))
