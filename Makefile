@@ -26,7 +26,7 @@ setup: $(STAMP) control-plane
 # The three images, built with buildah (no Docker daemon) from images/*/Dockerfile and
 # pushed as <registry>/kaito-python/{controller,inference,tuning}:<version>: to
 # REGISTRY=host[:port][/path] when given (after `buildah login`), else to the running
-# `kaito dev up` registry or a local docker-registry (.kaito/dev/images-registry).
+# `kaito dev up` registry or a local docker-registry (data in .kaito/images/registry).
 images: $(STAMP)
 	$(BIN)/kaito dev images $(if $(REGISTRY),--registry $(REGISTRY))
 

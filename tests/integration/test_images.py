@@ -102,7 +102,7 @@ def test_the_pulled_config_has_the_entrypoint_and_the_oci_labels(
 ) -> None:
     img = built[name]
     config = _skopeo(
-        builder, "inspect", "--config", "--tls-verify=false", f"docker://{img.reference}"
+        builder, "inspect", "--config", "--raw", "--tls-verify=false", f"docker://{img.reference}"
     )
     want = EXPECTED[name]
     assert config["config"]["Entrypoint"] == want["entrypoint"]

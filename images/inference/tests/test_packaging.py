@@ -92,7 +92,8 @@ def test_the_cpu_variant_installs_what_the_test_suite_runs_against() -> None:
     assert "export PIP_CONSTRAINT=/tmp/constraints-cpu.txt" in dockerfile
     ignored = (INFERENCE_DIR / ".dockerignore").read_text().split()
     for name in ("requirements.txt", "requirements-cpu.txt", "constraints-cpu.txt"):
-        assert name in dockerfile and name not in ignored, name
+        assert name in dockerfile, name
+        assert name not in ignored, name
     for folder in (INFERENCE_DIR, TUNING_DIR):
         text = (folder / "Dockerfile").read_text()
         # The build's pip configuration is an ARG (RUN steps only), never an ENV.

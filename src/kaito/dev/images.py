@@ -48,6 +48,7 @@ __all__ = [
     "IMAGES",
     "Builder",
     "BuiltImage",
+    "ImageBuildError",
     "ImageSpec",
     "cache_root",
     "image_name",
@@ -71,6 +72,11 @@ PIP_KEYS = ("index-url", "extra-index-url", "find-links", "cert", "default-timeo
 BUILD_MOUNT = "/run/kaito-build"
 # buildah's step lines, "STEP 3/9: ..." or "[1/2] STEP 3/8: ..." in a multi-stage build.
 STEP_LINE = re.compile(r"(\[\d+/\d+\] )?(STEP \d+/\d+:|COMMIT )")
+
+
+class ImageBuildError(ControlPlaneError):
+    """A tool (debootstrap, buildah, skopeo) failed: the message names it, its log and
+    the tail of its output."""
 
 
 @dataclass(frozen=True)
@@ -166,12 +172,11 @@ def debian_mirror(
     """The Debian archive apt uses on this machine (the deb822 entry for bookworm)."""
     if sources.exists():
         for stanza in re.split(r"\n\s*\n", sources.read_text()):
-            fields = dict(
-                (k.strip(), v.strip())
-                for line in stanza.splitlines()
-                if ":" in line and not line.startswith("#")
-                for k, v in [line.split(":", 1)]
-            )
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith("#"):
+                    fields[key.strip()] = value.strip()
             if BASE_SUITE in fields.get("Suites", "").split() and fields.get("URIs"):
                 return fields["URIs"].split()[0]
     if legacy.exists():
@@ -179,7 +184,7 @@ def debian_mirror(
             parts = line.split()
             if len(parts) >= 3 and parts[0] == "deb" and parts[2] == BASE_SUITE:
                 return parts[1]
-    raise ControlPlaneError(f"no Debian {BASE_SUITE} archive in {sources} or {legacy}")
+    raise ImageBuildError(f"no Debian {BASE_SUITE} archive in {sources} or {legacy}")
 
 
 def machine_pip_config() -> dict[str, str]:
@@ -309,7 +314,7 @@ class Builder:
                     proc.wait()
         text = "".join(lines)
         if proc.returncode != 0:
-            raise ControlPlaneError(
+            raise ImageBuildError(
                 f"{label} failed (exit {proc.returncode}; log {log_path}):\n{text[-3000:]}"
             )
         return text
@@ -356,7 +361,7 @@ class Builder:
             )
             if self.has_image(name):
                 return name
-            raise ControlPlaneError(f"{archive} did not load as {name}: delete it to rebuild")
+            raise ImageBuildError(f"{archive} did not load as {name}: delete it to rebuild")
         archive.parent.mkdir(parents=True, exist_ok=True)
         rootfs = archive.parent / f"rootfs-{key}"
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -408,7 +413,7 @@ class Builder:
                 label="base",
             )
             self.buildah("commit", "--rm", container, name, label="base")
-        except ControlPlaneError:
+        except ImageBuildError:
             self.buildah("rm", container, label="base")
             raise
         finally:
@@ -622,13 +627,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REGISTRY") or None,
         help="push to HOST[:PORT][/PATH] (e.g. myacr.azurecr.io, after `buildah login`); "
         "default: the registry of a running `kaito dev up`, else a local docker-registry "
-        "started for the push (its data stays in --dir)",
+        "started for the push, its data kept in --registry-dir",
     )
     parser.add_argument(
         "--dir",
         type=Path,
         default=Path(".kaito/dev"),
-        help="the local stack's folder (default .kaito/dev): its registry, or registry/ here",
+        help="the local stack's folder (default .kaito/dev), whose registry is used if it runs",
+    )
+    parser.add_argument(
+        "--registry-dir",
+        type=Path,
+        default=Path(".kaito/images/registry"),
+        help="the local registry's data when none runs (default .kaito/images/registry)",
     )
     parser.add_argument(
         "--only", action="append", choices=[s.name for s in IMAGES], help="build only these"
@@ -642,7 +653,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     local: LocalRegistry | None = None
     try:
         if registry is None:
-            local = LocalRegistry(args.dir.resolve() / "images-registry").start()
+            local = LocalRegistry(args.registry_dir.resolve()).start()
             registry = local.address
             builder.say(f"local registry (docker-registry) at {registry}, data in {local.root}")
         else:
