@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := setup
 include mk/inference.mk
 
-.PHONY: setup control-plane test test-unit lint fmt demo demo-down bench-runtime bench-workspace clean
+.PHONY: setup control-plane images test test-unit lint fmt demo demo-down bench-runtime bench-workspace clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
@@ -22,6 +22,13 @@ control-plane:
 	@hack/local-cluster.sh build >/dev/null
 
 setup: $(STAMP) control-plane
+
+# The three images, built with buildah (no Docker daemon) from images/*/Dockerfile and
+# pushed as <registry>/kaito-python/{controller,inference,tuning}:<version>: to
+# REGISTRY=host[:port][/path] when given (after `buildah login`), else to the running
+# `kaito dev up` registry or a local docker-registry (data in .kaito/images/registry).
+images: $(STAMP)
+	$(BIN)/kaito dev images $(if $(REGISTRY),--registry $(REGISTRY))
 
 test: setup $(INF_STAMP)
 	$(BIN)/pytest tests

@@ -80,3 +80,22 @@ def test_dockerfiles_carry_the_contracts_shared_with_the_operator() -> None:
         assert "COPY --from=contracts . /workspace/kaito_contracts" in dockerfile, folder
         assert "WORKDIR /workspace" in dockerfile, folder
         assert "jsonschema" in pins(folder / "requirements.txt"), folder
+
+
+def test_the_cpu_variant_installs_what_the_test_suite_runs_against() -> None:
+    """`make images` builds the inference image with VARIANT=cpu (no GPU here): the same
+    requirements-cpu.txt and constraints-cpu.txt as this environment (mk/inference.mk),
+    so the build context must carry them."""
+    dockerfile = (INFERENCE_DIR / "Dockerfile").read_text()
+    assert "ARG VARIANT=gpu" in dockerfile
+    assert "cp /tmp/requirements-cpu.txt /tmp/requirements.txt" in dockerfile
+    assert "export PIP_CONSTRAINT=/tmp/constraints-cpu.txt" in dockerfile
+    ignored = (INFERENCE_DIR / ".dockerignore").read_text().split()
+    for name in ("requirements.txt", "requirements-cpu.txt", "constraints-cpu.txt"):
+        assert name in dockerfile, name
+        assert name not in ignored, name
+    for folder in (INFERENCE_DIR, TUNING_DIR):
+        text = (folder / "Dockerfile").read_text()
+        # The build's pip configuration is an ARG (RUN steps only), never an ENV.
+        assert "ARG PIP_CONFIG_FILE=" in text, folder
+        assert 'org.opencontainers.image.title="kaito-' in text, folder

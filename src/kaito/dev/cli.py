@@ -39,7 +39,12 @@ def add_commands(sub: Any) -> None:
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     status.set_defaults(func=cmd_status)
+    from kaito.dev import images
     from kaito.dev.nodeagent import cli as node_agent_cli
+
+    images.add_arguments(
+        sub.add_parser("images", help="build the three images with buildah and push them")
+    )
 
     node_agent_cli.add_arguments(
         sub.add_parser("node-agent", help="run pods bound to emulated GPU nodes as local processes")
