@@ -232,7 +232,7 @@ def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_
     )
     objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
     assert [r for r, _ in objs] == [*FETCHER_ACCESS, CONFIGMAPS, SERVICES, SERVICES, STATEFULSETS]
-    main, headless, sts = objs[1][1], objs[2][1], objs[3][1]
+    main, headless, sts = objs[4][1], objs[5][1], objs[6][1]
     assert main["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "llama-70b-0"
     assert [p["port"] for p in main["spec"]["ports"]] == [80, 29500]
     assert headless["metadata"]["name"] == "llama-70b-headless"
