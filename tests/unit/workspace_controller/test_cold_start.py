@@ -272,7 +272,7 @@ def test_every_phase_from_machine_to_ready_is_recorded_in_order_with_seconds() -
     assert record["phases"][4]["time"] == t(200)
     assert added == record["phases"]
     assert step_message(record, added[4], created=CREATED) == (
-        "cold start: WeightsFetched 3m20s after the Workspace was created (2m0s after ImagePulled)"
+        "WeightsFetched 3m20s after the Workspace was created (2m0s after ImagePulled)"
     )
 
 

@@ -29,7 +29,7 @@ requeues with backoff; a Conflict (our cache behind our own write) requeues at o
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -81,6 +81,9 @@ class _Ctx:
     ws: Workspace
     status: WorkspaceStatusDraft
     log: Any
+    cold_start_events: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, message) of the Events of the phases this status write records: sent
+    only once it succeeded (a write refused for a stale read records nothing)."""
 
     @property
     def namespace(self) -> str:
@@ -222,8 +225,7 @@ class WorkspaceReconciler:
         ctx.status.set_cold_start(record)
         for step in added:
             message = coldstart.step_message(record, step, created=created)
-            self.recorder.event(ctx.obj, EventType.NORMAL, step["phase"], message)
-            ctx.log.info("cold start phase ended", phase=step["phase"], seconds=step["seconds"])
+            ctx.cold_start_events.append((coldstart.EVENT_REASON, message))
 
     # -- status, deletion ---------------------------------------------------------------------
 
@@ -233,6 +235,10 @@ class WorkspaceReconciler:
         patch = ctx.status.patch(ctx.obj["metadata"].get("resourceVersion"))
         await self.client.patch(WORKSPACES, ctx.name, patch, ctx.namespace, subresource="status")
         ctx.log.debug("workspace status written")
+        for reason, message in ctx.cold_start_events:
+            self.recorder.event(ctx.obj, EventType.NORMAL, reason, message)
+            ctx.log.info("cold start phase ended", message=message)
+        ctx.cold_start_events.clear()
 
     async def _finalize(self, ctx: _Ctx) -> Result | None:
         if FINALIZER not in ctx.ws.metadata.finalizers:

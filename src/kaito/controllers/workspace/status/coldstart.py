@@ -26,7 +26,9 @@ are nodes that were Ready before the Workspace existed, in byo mode: not at all)
 
 A phase is recorded the first time it is seen and never rewritten, so a steady-state
 reconcile writes nothing; ``seconds`` is from the record's beginning. `fold` returns the
-new record and the steps it added; the reconcile writes one and makes an Event of each.
+new record and the steps it added; the reconcile writes one and makes an Event of each
+(reason ``ColdStart``, message `step_message`: ``WeightsFetched 3m20s after the Workspace
+was created (2m0s after ImagePulled)``).
 
 Pure functions over raw objects.
 """
@@ -41,12 +43,22 @@ from kaito.controllers.workspace.status.weights import FETCH_CONTAINER
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import format_rfc3339, parse_rfc3339
 
-__all__ = ["ColdStartView", "fold", "format_seconds", "observed_phases", "step_message"]
+__all__ = [
+    "EVENT_REASON",
+    "ColdStartView",
+    "fold",
+    "format_seconds",
+    "observed_phases",
+    "step_message",
+]
 
 Phase = ColdStartPhase
 ORDER: tuple[Phase, ...] = tuple(Phase)
 NODE_PHASES = frozenset({Phase.MACHINE_CREATED, Phase.NODE_READY})
 REVISION_CHARS = 12
+EVENT_REASON = "ColdStart"
+"""Of each phase's Event (the phases' names are taken: ``MachineCreated`` is the
+Machine's own creation Event)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,7 @@ def step_message(record: Obj, step: Obj, *, created: str) -> str:
         if record.get("startedAt") == created
         else f"revision {record.get('revision')} was first seen"
     )
-    text = f"cold start: {step['phase']} {format_seconds(step['seconds'])} after {origin}"
+    text = f"{step['phase']} {format_seconds(step['seconds'])} after {origin}"
     phases = record.get("phases") or ()
     index = next((i for i, p in enumerate(phases) if p.get("phase") == step["phase"]), 0)
     if index > 0:
