@@ -270,9 +270,53 @@ def _metav1_condition_list(schema: dict[str, Any]) -> None:
     schema["items"]["required"] = list(METAV1_CONDITION_REQUIRED)
 
 
+class ColdStartPhase(enum.StrEnum):
+    """The steps from ``kubectl apply`` to a served model, in the order they end."""
+
+    MACHINE_CREATED = "MachineCreated"
+    NODE_READY = "NodeReady"
+    POD_SCHEDULED = "PodScheduled"
+    IMAGE_PULLED = "ImagePulled"
+    WEIGHTS_FETCHED = "WeightsFetched"
+    SERVER_LOADED = "ServerLoaded"
+    READY = "Ready"
+
+
+class ColdStartStep(ApiModel):
+    phase: ColdStartPhase = Field(description="The cold-start phase that ended.")
+    seconds: int = Field(
+        ge=0, description="Seconds from the cold start's beginning (startedAt) to its end."
+    )
+    time: str = Field(
+        description="When it ended (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class ColdStart(ApiModel):
+    """When each phase of the current revision's cold start ended, recorded once."""
+
+    revision: str = Field(
+        description="The Workspace revision (workspace.kaito.io/hash, first 12) it is of."
+    )
+    started_at: str = Field(
+        description=(
+            "Its beginning: the Workspace's creation, or when the controller first saw a "
+            "changed revision (a rollout reuses the nodes: only its pods' phases follow)."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
+    phases: list[ColdStartStep] = Field(
+        default_factory=list, description="The phases that ended, in order."
+    )
+
+
 class WorkspaceStatus(ApiModel):
     worker_nodes: list[str] = Field(
         default_factory=list, description="The nodes the workload runs on."
+    )
+    cold_start: ColdStart | None = Field(
+        default=None,
+        description="Where the minutes from apply to ready went: when each phase ended.",
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -78,6 +78,8 @@ STATEFULSETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
 REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 CUSTOMRESOURCEDEFINITIONS = Resource(
     "apiextensions.k8s.io",
     "v1",

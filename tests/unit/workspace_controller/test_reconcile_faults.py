@@ -75,7 +75,7 @@ def reconciler(
         machines=Cache(),
         nodes=Cache(),
         recorder=recorder,  # type: ignore[arg-type]
-        workload=WorkloadCaches(*(Cache() for _ in range(6))),
+        workload=WorkloadCaches(*(Cache() for _ in range(9))),
     )
 
 

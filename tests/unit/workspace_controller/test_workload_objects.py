@@ -13,7 +13,16 @@ from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
 from kaito.controllers.workspace.workload.inference import inference_objects
 from kaito.presets.catalog import load_catalog
-from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, STATEFULSETS
+from kaito.runtime.resource import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    JOBS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
+    SERVICES,
+    STATEFULSETS,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 REV = "a" * 64
@@ -21,6 +30,11 @@ CATALOG = load_catalog()
 PHI3_REVISION = "0a67737cc96d2554230f90338b163bc6380a2a85"
 
 Obj = dict[str, Any]
+
+FETCHER_ACCESS = [SERVICEACCOUNTS, ROLES, ROLEBINDINGS]
+"""Applied first for every preset whose weights are fetched: the pods run as it."""
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+NO_TOKEN = {"name": "no-api-token", "mountPath": TOKEN_DIR, "readOnly": True}
 
 
 def workspace(body: Obj, namespace: str = "default") -> Workspace:
@@ -39,7 +53,7 @@ def by_kind(objs: list[tuple[Any, Obj]]) -> dict[str, Obj]:
 def test_quick_start_runs_a_deployment_with_all_gpus_probes_and_gpu_scheduling() -> None:
     ws = example("kaito_workspace_phi_3.yaml")
     objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
-    assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, DEPLOYMENTS]
+    assert [r for r, _ in objs] == [*FETCHER_ACCESS, CONFIGMAPS, SERVICES, DEPLOYMENTS]
     kinds = by_kind(objs)
     dep = kinds["Deployment"]
     assert dep["metadata"]["name"] == "workspace-phi-3-mini"
@@ -121,7 +135,7 @@ def test_adapter_image_is_pulled_by_an_init_container_running_the_server_image()
         "--dest",
         "/mnt/adapter/phi-3-adapter",
     ]
-    assert init["volumeMounts"] == [{"name": "adapters", "mountPath": "/mnt/adapter"}]
+    assert init["volumeMounts"] == [{"name": "adapters", "mountPath": "/mnt/adapter"}, NO_TOKEN]
     assert "imagePullSecrets" not in pod
     assert container["env"] == [{"name": "phi-3-adapter", "value": "1.0"}]
     cmd = container["command"]
@@ -217,8 +231,8 @@ def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_
         }
     )
     objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
-    assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, SERVICES, STATEFULSETS]
-    main, headless, sts = objs[1][1], objs[2][1], objs[3][1]
+    assert [r for r, _ in objs] == [*FETCHER_ACCESS, CONFIGMAPS, SERVICES, SERVICES, STATEFULSETS]
+    main, headless, sts = objs[4][1], objs[5][1], objs[6][1]
     assert main["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "llama-70b-0"
     assert [p["port"] for p in main["spec"]["ports"]] == [80, 29500]
     assert headless["metadata"]["name"] == "llama-70b-headless"
@@ -389,3 +403,73 @@ def test_tuning_with_volumes_mounts_them_and_runs_the_tuner_directly() -> None:
     assert {"name": "data", "hostPath": {"path": "/srv/data"}} in pod["volumes"]
     assert {"name": "output", "mountPath": "/mnt/output"} in tuning["volumeMounts"]
     assert {"name": "data", "mountPath": "/mnt/data", "readOnly": True} in tuning["volumeMounts"]
+
+
+def test_a_fetching_pod_runs_as_the_workspaces_fetcher_whose_role_may_only_get_and_patch_pods() -> (
+    None
+):
+    ws = example("kaito_workspace_phi_3.yaml")
+    objs = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))
+    name = f"{ws.metadata.name}-weights-fetcher"
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        meta = objs[kind]["metadata"]
+        assert meta["name"] == name
+        assert meta["namespace"] == "default"
+        assert meta["ownerReferences"][0]["uid"] == "u-1"  # garbage-collected with it
+        assert meta["annotations"][podspec.ANNOTATION_SPEC_HASH]
+    assert objs["Role"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}
+    ]
+    binding = objs["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": name,
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "default"}]
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name
+    assert {"name": "no-api-token", "emptyDir": {}} in pod["volumes"]
+
+
+def test_only_the_fetch_sees_the_fetchers_token_every_other_container_shadows_it() -> None:
+    ws = example("kaito_workspace_phi_3.yaml")
+    body = ws.model_dump(by_alias=True, mode="json", exclude_none=True)
+    body["inference"]["adapters"] = [
+        {"source": {"name": "a1", "image": "registry.example/a1:v1"}, "strength": "0.5"}
+    ]
+    ws = workspace(body)
+    objs = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+    assert set(containers) == {"fetch-weights", "adapter-0", "inference"}
+    for name, c in containers.items():
+        shadowed = NO_TOKEN in c["volumeMounts"]
+        assert shadowed == (name != "fetch-weights"), name
+
+
+def test_a_tuning_pod_that_fetches_runs_as_the_fetcher_too() -> None:
+    ws = example("kaito_workspace_tuning_phi_3.yaml")
+    _res, job = tuning_job(ws, resolve_plan(ws, CATALOG), revision=REV)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{ws.metadata.name}-weights-fetcher"
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        if c["name"] == "fetch-weights":
+            assert NO_TOKEN not in c["volumeMounts"]
+        else:
+            assert NO_TOKEN in c["volumeMounts"]
+
+
+def test_a_custom_template_or_an_image_with_its_weights_fetches_nothing_and_gets_no_identity() -> (
+    None
+):
+    ws = example("kaito_workspace_phi_3.yaml")
+    body = ws.model_dump(by_alias=True, mode="json", exclude_none=True)
+    body["inference"]["preset"]["accessMode"] = "private"
+    body["inference"]["preset"]["presetOptions"] = {"image": "registry.example/phi-3:mine"}
+    private = workspace(body)
+    objs = inference_objects(private, resolve_plan(private, CATALOG), revision=REV)
+    assert [r for r, _ in objs] == [CONFIGMAPS, SERVICES, DEPLOYMENTS]
+    pod = by_kind(objs)["Deployment"]["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod
+    assert all(v["name"] != "no-api-token" for v in pod["volumes"])

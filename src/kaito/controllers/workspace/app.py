@@ -48,6 +48,9 @@ from kaito.runtime.resource import (
     JOBS,
     NODES,
     PODS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
     SERVICES,
     STATEFULSETS,
     Resource,
@@ -241,6 +244,9 @@ class WorkspaceController:
                 configmaps=owned(CONFIGMAPS),
                 jobs=owned(JOBS),
                 pods=owned(PODS),
+                serviceaccounts=owned(SERVICEACCOUNTS),
+                roles=owned(ROLES),
+                rolebindings=owned(ROLEBINDINGS),
             ),
         )
         changed = [ResourceVersionChanged()]
@@ -258,7 +264,8 @@ class WorkspaceController:
             builder.watches(
                 claims, machine_to_workspace, predicates=changed, label_selector=WORKLOAD_SELECTOR
             )
-        for resource in (DEPLOYMENTS, STATEFULSETS, SERVICES, CONFIGMAPS, JOBS):
+        owned_kinds = (DEPLOYMENTS, STATEFULSETS, SERVICES, CONFIGMAPS, JOBS)
+        for resource in (*owned_kinds, SERVICEACCOUNTS, ROLES, ROLEBINDINGS):
             builder.owns(resource, predicates=changed, label_selector=WORKLOAD_SELECTOR)
         self._workspaces = workspaces.cache
 

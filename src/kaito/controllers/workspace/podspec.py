@@ -21,6 +21,13 @@
   ``/mnt/pull-secrets/<secret>`` (as for adapter images: kubelet never pulls a model
   image, our puller does) and, for an image named by tag, an emptyDir ``model-link``
   where the fetch links the image's cache folder for the server;
+- the fetcher's identity (`fetcher_access`, `run_fetcher_as`): a pod that fetches runs
+  as the Workspace's ServiceAccount ``<ws>-weights-fetcher``, whose Role may get and
+  patch pods in the namespace (the ``kaito.sh/weights-progress`` annotation), all three
+  owned by the Workspace. Only ``fetch-weights`` sees its token: every other container
+  mounts an empty folder where the token would go, so the ServiceAccount admission
+  plugin mounts it into none of them (the server and the tuning run keep the
+  no-permission posture of a namespace's ``default`` ServiceAccount);
 - a ``spec-hash`` annotation on each object, the hash of what the controller wants it
   to be: a reconcile whose desired object has the hash already on the live one writes
   nothing.
@@ -43,7 +50,9 @@ from kaito.api.workspace import (
 )
 from kaito.controllers.workspace.nodes.selection import GPU_RESOURCE
 from kaito.controllers.workspace.plan import Weights
+from kaito.controllers.workspace.status.weights import FETCH_CONTAINER
 from kaito.runtime.meta import Obj
+from kaito.runtime.resource import ROLEBINDINGS, ROLES, SERVICEACCOUNTS, Resource
 
 __all__ = [
     "ANNOTATION_SPEC_HASH",
@@ -51,10 +60,13 @@ __all__ = [
     "GPU_TOLERATIONS",
     "MODEL_CACHE_VOLUME",
     "MODEL_LINK_VOLUME",
+    "fetcher_access",
+    "fetcher_name",
     "gpu_resources",
     "object_meta",
     "owner_reference",
     "pod_labels",
+    "run_fetcher_as",
     "scheduling",
     "shm_volume",
     "spec_hash",
@@ -151,7 +163,6 @@ def shm_volume() -> tuple[Obj, Obj]:
     )
 
 
-FETCH_CONTAINER = "fetch-weights"
 MODEL_CACHE_VOLUME = "model-cache"
 MODEL_LINK_VOLUME = "model-link"
 PULL_SECRETS_DIR = "/mnt/pull-secrets"
@@ -227,6 +238,69 @@ def weights_parts(weights: Weights | None, image: str) -> tuple[list[Obj], list[
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return volumes, [init], mounts
+
+
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where the ServiceAccount admission plugin mounts a pod's API token (and where the
+fetcher reads it), in every container that has no mount of its own there."""
+NO_API_TOKEN_VOLUME = "no-api-token"
+FETCHER_RULES: list[Obj] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+"""The fetcher's Role: its own pod's progress annotation (a Role cannot name a pod
+whose name the ReplicaSet or Job controller picks, so: pods in the namespace)."""
+
+
+def fetcher_name(ws: Workspace) -> str:
+    """The ServiceAccount, Role and RoleBinding of the Workspace's weights fetcher."""
+    return f"{ws.metadata.name}-weights-fetcher"
+
+
+def fetcher_access(ws: Workspace) -> list[tuple[Resource, Obj]]:
+    """ServiceAccount, Role (pods: get, patch) and RoleBinding for the fetcher, in the
+    Workspace's namespace and owned by it, each carrying its spec hash."""
+    name, namespace = fetcher_name(ws), ws.metadata.namespace
+    rbac = "rbac.authorization.k8s.io"
+    account: Obj = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": object_meta(ws, name)}
+    role: Obj = {
+        "apiVersion": ROLES.api_version,
+        "kind": ROLES.kind,
+        "metadata": object_meta(ws, name),
+        "rules": [dict(r) for r in FETCHER_RULES],
+    }
+    binding: Obj = {
+        "apiVersion": ROLEBINDINGS.api_version,
+        "kind": ROLEBINDINGS.kind,
+        "metadata": object_meta(ws, name),
+        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    return [
+        (SERVICEACCOUNTS, with_spec_hash(account)),
+        (ROLES, with_spec_hash(role)),
+        (ROLEBINDINGS, with_spec_hash(binding)),
+    ]
+
+
+def fetches(pod_spec: Obj) -> bool:
+    """The pod spec has a ``fetch-weights`` init container."""
+    return any(c.get("name") == FETCH_CONTAINER for c in pod_spec.get("initContainers") or ())
+
+
+def run_fetcher_as(ws: Workspace, pod_spec: Obj) -> None:
+    """Run a fetching pod as the fetcher's ServiceAccount, its token visible only to
+    ``fetch-weights`` (an empty folder over the token's path in every other container).
+    Changes ``pod_spec`` in place; nothing for a pod that does not fetch."""
+    if not fetches(pod_spec):
+        return
+    pod_spec["serviceAccountName"] = fetcher_name(ws)
+    pod_spec["volumes"] = [
+        *(pod_spec.get("volumes") or ()),
+        {"name": NO_API_TOKEN_VOLUME, "emptyDir": {}},
+    ]
+    shadow = {"name": NO_API_TOKEN_VOLUME, "mountPath": API_TOKEN_DIR, "readOnly": True}
+    for key in ("initContainers", "containers"):
+        for c in pod_spec.get(key) or ():
+            if c.get("name") != FETCH_CONTAINER:
+                c["volumeMounts"] = [*(c.get("volumeMounts") or ()), dict(shadow)]
 
 
 def spec_hash(obj: Obj) -> str:

@@ -17,7 +17,9 @@ and moves the world one step (WORKSPACE.md, "Reconcile flow"):
 5-7. the workload (`workload.WorkloadSync`): an inference Workspace's ConfigMap,
    Services and Deployment/StatefulSet, or a tuning Workspace's Job, applied once
    ``ResourceReady`` is True and rolled when the revision changes; ``InferenceReady``,
-   ``JobStarted`` and ``WorkspaceReady`` from the workload's and its pods' status.
+   ``JobStarted`` and ``WorkspaceReady`` from the workload's and its pods' status;
+8. the cold start (`status.coldstart`): when each phase from Machine to Ready ended,
+   in ``status.coldStart``, recorded once per revision, with an Event per phase.
 
 The status is written once per reconcile through the status subresource (a merge patch
 guarded by resourceVersion), and only when it changed. Errors raise, so the controller
@@ -27,7 +29,7 @@ requeues with backoff; a Conflict (our cache behind our own write) requeues at o
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,15 +45,18 @@ from kaito.api.workspace import (
 from kaito.controllers.workspace.nodes.provisioning import Provisioning
 from kaito.controllers.workspace.nodes.sync import NodeSync
 from kaito.controllers.workspace.plan import PresetNotFound, WorkspacePlan, resolve_plan
+from kaito.controllers.workspace.status import coldstart
+from kaito.controllers.workspace.status.coldstart import ColdStartView
 from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
 from kaito.controllers.workspace.workload.sync import WorkloadCaches, WorkloadSync
 from kaito.presets.catalog import Catalog
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import Conflict, NotFound
-from kaito.runtime.events import EventRecorder
+from kaito.runtime.events import EventRecorder, EventType
 from kaito.runtime.meta import Obj
 from kaito.runtime.reconcile import Request, Result, TerminalError
+from kaito.runtime.timestamps import now_rfc3339
 
 __all__ = ["WorkspaceReconciler", "revision_hash"]
 
@@ -59,6 +64,8 @@ log = structlog.get_logger("kaito.controllers.workspace")
 
 
 RESOURCE_READY = ConditionType.RESOURCE_READY
+INFERENCE_READY = ConditionType.INFERENCE_READY
+WORKSPACE_READY = ConditionType.WORKSPACE_READY
 WORKSPACE_DELETING = ConditionType.WORKSPACE_DELETING
 
 
@@ -74,6 +81,9 @@ class _Ctx:
     ws: Workspace
     status: WorkspaceStatusDraft
     log: Any
+    cold_start_events: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, message) of the Events of the phases this status write records: sent
+    only once it succeeded (a write refused for a stale read records nothing)."""
 
     @property
     def namespace(self) -> str:
@@ -116,6 +126,7 @@ class WorkspaceReconciler:
             client=client, caches=workload, recorder=recorder, field_manager=field_manager
         )
         self.workspaces = workspaces
+        self.recorder = recorder
 
     async def reconcile(self, req: Request) -> Result | None:
         try:
@@ -151,6 +162,7 @@ class WorkspaceReconciler:
             revision = ctx.obj["metadata"]["annotations"][ANNOTATION_REVISION]
             sync = self.workload.tuning if ws.tuning is not None else self.workload.inference
             await sync(ws, ctx.obj, ctx.status, plan=plan, revision=revision, resources_ready=ready)
+            self._cold_start(ctx, revision)
         finally:
             await self._write_status(ctx)
         return None
@@ -184,6 +196,37 @@ class WorkspaceReconciler:
             ctx.status.set(RESOURCE_READY, "False", "PresetNotFound", str(e))
             raise TerminalError(str(e)) from e
 
+    # -- step 8: the cold start ----------------------------------------------------------------
+
+    def _cold_start(self, ctx: _Ctx, revision: str) -> None:
+        ws = ctx.ws
+        tuning = ws.tuning is not None
+        workers = (
+            ctx.status.data.get("workerNodes") or () if ctx.status.is_true(RESOURCE_READY) else ()
+        )
+        nodes = [n for n in (self.nodes.nodes.get_by_name(w) for w in workers) if n is not None]
+        ready_type = WORKSPACE_READY if tuning else INFERENCE_READY
+        ready = ctx.status.get(ready_type)
+        view = ColdStartView(
+            revision=revision,
+            machines=self.nodes.claims_of(ws),
+            nodes=nodes if len(nodes) == len(workers) else (),
+            pods=self.workload.pods(ws),
+            wanted=1 if tuning else ws.resource.count,
+            serves=not tuning,
+            ready_at=ready.get("lastTransitionTime")
+            if ready and ready.get("status") == "True"
+            else None,
+        )
+        created = ctx.obj["metadata"].get("creationTimestamp") or now_rfc3339()
+        record, added = coldstart.fold(
+            ctx.status.data.get("coldStart"), view, created=created, now=now_rfc3339()
+        )
+        ctx.status.set_cold_start(record)
+        for step in added:
+            message = coldstart.step_message(record, step, created=created)
+            ctx.cold_start_events.append((coldstart.EVENT_REASON, message))
+
     # -- status, deletion ---------------------------------------------------------------------
 
     async def _write_status(self, ctx: _Ctx) -> None:
@@ -192,6 +235,10 @@ class WorkspaceReconciler:
         patch = ctx.status.patch(ctx.obj["metadata"].get("resourceVersion"))
         await self.client.patch(WORKSPACES, ctx.name, patch, ctx.namespace, subresource="status")
         ctx.log.debug("workspace status written")
+        for reason, message in ctx.cold_start_events:
+            self.recorder.event(ctx.obj, EventType.NORMAL, reason, message)
+            ctx.log.info("cold start phase ended", message=message)
+        ctx.cold_start_events.clear()
 
     async def _finalize(self, ctx: _Ctx) -> Result | None:
         if FINALIZER not in ctx.ws.metadata.finalizers:

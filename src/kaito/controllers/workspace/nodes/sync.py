@@ -240,6 +240,14 @@ class NodeSync:
         )
         log.info("node labelled", workspace=_key(ws), node=name, label=nd.LABEL_ACCELERATOR)
 
+    def claims_of(self, ws: Workspace) -> list[Obj]:
+        """The Workspace's Machines/NodeClaims, from the cache (none in byo mode)."""
+        if self.provisioning.resource is None:
+            return []
+        return self.claims.list(
+            label_selector=claim_selector(ws.metadata.namespace, ws.metadata.name)
+        )
+
     async def release(self, ws: Workspace) -> list[mach.Claim]:
         """Delete the Workspace's Machines/NodeClaims (read live, not from the cache, so
         that one the cache has not seen yet is not missed); those that still exist.

@@ -18,6 +18,8 @@ is not, the reason is found where kubelet and the scheduler put it, on the pods:
 
 Containers are examined in the pod spec's order (kubelet lists their statuses sorted by
 name): the tuning container's own failure comes before the pusher's "nothing to push".
+- a ``fetch-weights`` init container still running: ``DownloadingWeights`` with the
+  bytes done, the total and the rate from its progress annotation (`weights`);
 - otherwise ``InferenceStarting``/``RolloutInProgress`` with ready/total counts.
 
 A pod of an older revision that is still running does not make the workload ready:
@@ -33,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from kaito.controllers.workspace.status.weights import fetching_message
 from kaito.runtime.meta import Obj
 
 __all__ = ["Verdict", "inference_verdict", "job_verdicts", "pod_problem"]
@@ -134,6 +137,14 @@ def pod_problem(pod: Obj) -> tuple[str, str] | None:
     return None
 
 
+def _downloading(pods: Iterable[Obj]) -> Verdict | None:
+    """``DownloadingWeights`` from the pods whose weights fetch runs (all of them)."""
+    messages = [m for m in (fetching_message(p) for p in pods) if m is not None]
+    if not messages:
+        return None
+    return Verdict("False", "DownloadingWeights", _short("; ".join(messages)))
+
+
 def _ready_counts(workload: Obj) -> tuple[int, int, int, bool]:
     """(wanted, ready, updated, observed) of a Deployment or StatefulSet."""
     spec = workload.get("spec") or {}
@@ -157,10 +168,14 @@ def inference_verdict(workload: Obj | None, pods: Iterable[Obj], *, kind: str) -
         return Verdict(
             "True", "InferenceReady", f"{kind} {name}: {ready}/{wanted} replica(s) ready"
         )
-    for pod in sorted(current_pods, key=lambda p: p["metadata"]["name"]):
+    ordered = sorted(current_pods, key=lambda p: p["metadata"]["name"])
+    for pod in ordered:
         problem = pod_problem(pod)
         if problem is not None:
             return Verdict("False", problem[0], problem[1])
+    downloading = _downloading(ordered)
+    if downloading is not None:
+        return downloading
     if observed and updated < wanted and ready > 0:
         return Verdict(
             "False",
@@ -184,6 +199,7 @@ def _job_condition(job: Obj, type_: str) -> Obj | None:
 
 def job_verdicts(job: Obj | None, pods: Iterable[Obj]) -> tuple[Verdict, Verdict]:
     """(JobStarted, WorkspaceReady) of a tuning Workspace's Job."""
+    pods = sorted(pods, key=lambda p: p["metadata"]["name"])
     if job is None:
         pending = Verdict("False", "JobNotCreated", "the tuning Job has not been created yet")
         return pending, pending
@@ -213,6 +229,9 @@ def job_verdicts(job: Obj | None, pods: Iterable[Obj]) -> tuple[Verdict, Verdict
     if problems:
         reason, message = problems[0]
         return started_v, Verdict("False", reason, message)
+    downloading = _downloading(pods)
+    if downloading is not None:
+        return started_v, downloading
     active = int(status.get("active") or 0)
     return started_v, Verdict(
         "False", "TuningInProgress", f"Job {name}: {active} pod(s) running, not yet complete"

@@ -7,7 +7,8 @@ A ``batch/v1`` Job named after the Workspace, one pod on the Workspace's GPU nod
 - the base model: fetched as for inference, by a ``fetch-weights`` init container (the
   inference image's fetcher) into the node's model cache (a hostPath mounted
   read-only in the tuning container), so a later inference Workspace of the same preset
-  on that node loads it from disk; a private preset's own image carries it at
+  on that node loads it from disk (the pod runs as the fetcher's ServiceAccount,
+  `podspec.fetcher_access`, applied before the Job); a private preset's own image carries it at
   ``/workspace/weights`` and runs the tuning entrypoint itself;
 - the tuning container runs the project's tuning image (the plan's, in the
   controller's registry);
@@ -230,6 +231,7 @@ def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Re
         pod["initContainers"] = inits
     if pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(pull_secrets)]
+    podspec.run_fetcher_as(ws, pod)
     job: Obj = {
         "apiVersion": JOBS.api_version,
         "kind": JOBS.kind,

@@ -34,6 +34,8 @@ reconcile's `WorkspacePlan`; nothing here looks anything up.
   ``/mnt/pull-secrets/<secret>``, not added to the pod's (kubelet never pulls the
   adapter image). One from a volume is mounted there read-only; env
   ``<name>=<strength>``.
+- the fetcher's identity: a pod that fetches runs as the Workspace's ServiceAccount
+  ``<ws>-weights-fetcher`` (`podspec.fetcher_access`), applied before the workload;
 - a custom ``inference.template`` runs as given (its pod spec), with the Workspace's
   labels, scheduling and GPU tolerations added.
 """
@@ -290,6 +292,7 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
         spec["initContainers"] = inits
     if plan.pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in plan.pull_secrets]
+    podspec.run_fetcher_as(ws, spec)
     return spec
 
 
@@ -398,8 +401,11 @@ def _services(ws: Workspace, plan: InferencePlan | None) -> list[Obj]:
 def inference_objects(
     ws: Workspace, plan: WorkspacePlan, *, revision: str
 ) -> list[tuple[Resource, Obj]]:
-    """Every object of an inference Workspace, each carrying its spec hash."""
+    """Every object of an inference Workspace, each carrying its spec hash: the weights
+    fetcher's ServiceAccount, Role and RoleBinding first (the pods run as it)."""
     server = plan_inference(ws, plan)
+    fetched = server is not None and plan.weights is not None and bool(plan.weights.fetch)
+    access = podspec.fetcher_access(ws) if fetched else []
     out: list[tuple[Resource, Obj]] = []
     if server is not None and server.generated_config:
         out.append(
@@ -415,4 +421,4 @@ def inference_objects(
         )
     out += [(SERVICES, svc) for svc in _services(ws, server)]
     out.append(_workload(ws, server, revision))
-    return [(res, podspec.with_spec_hash(body)) for res, body in out]
+    return [*access, *((res, podspec.with_spec_hash(body)) for res, body in out)]

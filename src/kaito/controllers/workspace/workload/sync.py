@@ -14,6 +14,9 @@ A Job's pod template is immutable: a tuning Job whose desired spec changed is de
 (and re-created on the reconcile its deletion triggers) unless it already succeeded,
 in which case its adapter stands and the change is reported in an Event.
 
+A pod that fetches weights runs as the Workspace's fetcher ServiceAccount; it, its
+Role and its RoleBinding are applied first, the same way (`podspec.fetcher_access`).
+
 Nothing is applied before ``ResourceReady``: pods would only sit Pending on nodes that
 do not exist yet.
 """
@@ -41,6 +44,9 @@ from kaito.runtime.resource import (
     CONFIGMAPS,
     DEPLOYMENTS,
     JOBS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
     SERVICES,
     STATEFULSETS,
     Resource,
@@ -69,6 +75,9 @@ class WorkloadCaches:
     configmaps: Cache
     jobs: Cache
     pods: Cache
+    serviceaccounts: Cache
+    roles: Cache
+    rolebindings: Cache
 
     def for_resource(self, res: Resource) -> Cache:
         return {
@@ -77,6 +86,9 @@ class WorkloadCaches:
             SERVICES: self.services,
             CONFIGMAPS: self.configmaps,
             JOBS: self.jobs,
+            SERVICEACCOUNTS: self.serviceaccounts,
+            ROLES: self.roles,
+            ROLEBINDINGS: self.rolebindings,
         }[res]
 
 
@@ -94,7 +106,8 @@ class WorkloadSync:
         self.recorder = recorder
         self.field_manager = field_manager
 
-    def _pods(self, ws: Workspace) -> list[Obj]:
+    def pods(self, ws: Workspace) -> list[Obj]:
+        """The Workspace's pods, from the cache (any revision, deleting ones too)."""
         return self.caches.pods.list(
             ws.metadata.namespace, label_selector=f"{LABEL_WORKSPACE}={ws.metadata.name}"
         )
@@ -149,7 +162,7 @@ class WorkloadSync:
                 "False", "ResourceNotReady", "waiting for the GPU nodes (see ResourceReady)"
             )
         else:
-            verdict = inference_verdict(workload, self._pods(ws), kind=kind)
+            verdict = inference_verdict(workload, self.pods(ws), kind=kind)
         was_ready = status.is_true(INFERENCE_READY)
         changed = status.set(INFERENCE_READY, verdict.status, verdict.reason, verdict.message)
         if verdict.status == "True" and not was_ready:
@@ -173,6 +186,9 @@ class WorkloadSync:
         job = self.caches.jobs.get_by_name(ws.metadata.name, ws.metadata.namespace)
         if resources_ready:
             _res, body = tuning_job(ws, plan, revision=revision)
+            if podspec.fetches(body["spec"]["template"]["spec"]):
+                for res, access in podspec.fetcher_access(ws):  # before the pod runs as it
+                    await self._apply(ws, obj, res, access)
             job = await self._sync_job(ws, obj, job, body)
         if job is None and not resources_ready:
             waiting = Verdict(
@@ -180,7 +196,7 @@ class WorkloadSync:
             )
             started, done = waiting, waiting
         else:
-            started, done = job_verdicts(job, self._pods(ws))
+            started, done = job_verdicts(job, self.pods(ws))
         was_done = status.is_true(WORKSPACE_READY)
         status.set(JOB_STARTED, started.status, started.reason, started.message)
         changed = status.set(WORKSPACE_READY, done.status, done.reason, done.message)
@@ -224,7 +240,13 @@ class WorkloadSync:
 
 
 _TRANSIENT = frozenset(
-    {"InferenceStarting", "RolloutInProgress", "WorkloadNotCreated", "ResourceNotReady"}
+    {
+        "InferenceStarting",
+        "RolloutInProgress",
+        "WorkloadNotCreated",
+        "ResourceNotReady",
+        "DownloadingWeights",
+    }
 )
 
 
