@@ -83,12 +83,60 @@ DEFAULT_MAX_POSITIONS = 2048
 # Standard-library modules whose docstrings join the language reference in the corpus:
 # pure-Python, stable, prose-rich.
 DOC_MODULES = (
-    "argparse asyncio base64 bisect calendar collections configparser contextlib copy csv "
-    "dataclasses datetime decimal difflib email enum fractions functools glob gzip hashlib "
-    "heapq html http.client http.server inspect io ipaddress json logging os pathlib pickle "
-    "queue random re shutil socket sqlite3 statistics string subprocess tarfile tempfile "
-    "textwrap threading typing unittest urllib.parse urllib.request uuid warnings zipfile"
-).split()
+    "argparse",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "html",
+    "http.client",
+    "http.server",
+    "inspect",
+    "io",
+    "ipaddress",
+    "json",
+    "logging",
+    "os",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "zipfile",
+)
 _RULE = re.compile(r"[*=\-~^\"+]+")
 _QUOTED_WORD = re.compile(r'"([^"\s]{1,20})"')
 
@@ -160,7 +208,7 @@ def recipe_key(paragraphs: list[str], *, seed: int = 0) -> str:
         "architecture": ARCHITECTURE,
         "training": TRAINING,
         "corpus": hashlib.sha256("\n".join(paragraphs).encode()).hexdigest(),
-        "python": "%d.%d" % sys.version_info[:2],
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "versions": versions,
         "seed": seed,
     }

@@ -75,9 +75,7 @@ def test_the_server_answers_in_words(
     assert_readable(answer.choices[0].message.content or "", vocabulary)
 
 
-def test_the_pre_training_is_cached_once_per_machine(
-    artifacts: Artifacts, tmp_path: Path
-) -> None:
+def test_the_pre_training_is_cached_once_per_machine(artifacts: Artifacts, tmp_path: Path) -> None:
     lines: list[str] = []
     started = time.monotonic()
     folder = pretrained(progress=lines.append)  # built by the session's `artifacts`

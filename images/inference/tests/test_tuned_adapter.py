@@ -103,9 +103,7 @@ def test_the_server_serves_a_freshly_tuned_adapter(
     from transformers import AutoTokenizer
 
     length = len(
-        AutoTokenizer.from_pretrained(str(artifacts.model)).encode(
-            ANSWER, add_special_tokens=False
-        )
+        AutoTokenizer.from_pretrained(str(artifacts.model)).encode(ANSWER, add_special_tokens=False)
     )
     assert "tuned" in {m.id for m in client.models.list().data}
     messages = [

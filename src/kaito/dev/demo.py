@@ -114,7 +114,10 @@ async def run_quick_start(
         "talks to the pod"
     )
     if model_note:
-        say(f"the node agent serves {model_note}: expect words from the Python docs, not phi-3's answers")
+        say(
+            f"the node agent serves {model_note}: expect words from the Python docs, "
+            "not phi-3's answers"
+        )
     chat = await _chat(base, say)
     stream = await _stream(base, say)
     return DemoResult(ws, node, pod, chat, stream, timeline)
