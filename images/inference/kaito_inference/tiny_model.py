@@ -24,18 +24,18 @@ and library versions and the seed; a change to any of them builds a new one. Eve
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import importlib.metadata
-import inspect
 import json
 import math
 import os
 import re
 import shutil
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,20 +171,34 @@ def _paragraphs(text: str) -> Iterator[str]:
         yield paragraph
 
 
+def _docstrings(module: str) -> Iterator[str]:
+    """The docstrings of a module's source and of its public classes and functions, read
+    with `ast` (never imported, so what else this process imported changes nothing)."""
+    base = Path(sysconfig.get_paths()["stdlib"], *module.split("."))
+    source = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+    if source is None:
+        raise RuntimeError(f"the corpus needs the standard library's {module} as Python source")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name.startswith("_"):
+                continue
+        elif not isinstance(node, ast.Module):
+            continue
+        doc = ast.get_docstring(node)
+        if doc:
+            yield doc
+
+
 def corpus() -> list[str]:
     """The training text, in a fixed order: language-reference topics, then docstrings."""
     from pydoc_data.topics import topics
 
     paragraphs = [p for name in sorted(topics) for p in _paragraphs(topics[name])]
     seen: set[str] = set()
-    for name in DOC_MODULES:
-        module = importlib.import_module(name)
-        members = [getattr(module, attr) for attr in sorted(dir(module)) if attr[:1] != "_"]
-        for obj in [module, *members]:
-            if obj is not module and getattr(obj, "__module__", None) != name:
-                continue
-            doc = inspect.getdoc(obj)
-            if doc and doc not in seen:
+    for module in DOC_MODULES:
+        for doc in _docstrings(module):
+            if doc not in seen:
                 seen.add(doc)
                 paragraphs.extend(_paragraphs(doc))
     return paragraphs
