@@ -289,8 +289,8 @@ def _pretrain(output: Path, paragraphs: list[str], seed: int, progress: Progress
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = LlamaForCausalLM(config)
-    steps, batch, seq = TRAINING["steps"], TRAINING["batch_size"], TRAINING["seq_len"]
-    peak, warmup = float(TRAINING["learning_rate"]), TRAINING["warmup_steps"]
+    steps, batch, seq = (int(TRAINING[k]) for k in ("steps", "batch_size", "seq_len"))
+    peak, warmup = float(TRAINING["learning_rate"]), int(TRAINING["warmup_steps"])
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=peak,
