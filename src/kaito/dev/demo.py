@@ -204,9 +204,10 @@ async def _stream(base: str, say: Callable[[str], None]) -> str:
         "model": "phi-3-mini-4k-instruct",
         "messages": [{"role": "user", "content": CHAT_PROMPT}],
         "max_tokens": 24,
+        "temperature": 0,  # greedy: the stand-in's most likely words, the same every run
         "stream": True,
     }
-    say(f"POST {base}/v1/chat/completions (stream: true)")
+    say(f"POST {base}/v1/chat/completions (stream: true, temperature: 0)")
     pieces: list[str] = []
     chunks = 0
     async with (
