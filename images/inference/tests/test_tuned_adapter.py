@@ -98,18 +98,23 @@ def tuned_adapter(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_server_serves_a_freshly_tuned_adapter(
-    client: openai.OpenAI, tuned_adapter: Path
+    client: openai.OpenAI, tuned_adapter: Path, artifacts: Artifacts
 ) -> None:
+    from transformers import AutoTokenizer
+
+    length = len(
+        AutoTokenizer.from_pretrained(str(artifacts.model)).encode(ANSWER, add_special_tokens=False)
+    )
     assert "tuned" in {m.id for m in client.models.list().data}
     messages = [
         {"role": "system", "content": "answer briefly"},
         {"role": "user", "content": QUESTION},
     ]
     tuned = client.chat.completions.create(
-        model="tuned", messages=messages, max_tokens=6, temperature=0
+        model="tuned", messages=messages, max_tokens=length, temperature=0
     )
     assert tuned.choices[0].message.content == ANSWER
     base = client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=6, temperature=0
+        model="tiny", messages=messages, max_tokens=length, temperature=0
     )
     assert base.choices[0].message.content != ANSWER

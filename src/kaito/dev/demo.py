@@ -170,7 +170,10 @@ async def run_quick_start(
         if fetched.note:
             say(f"  {fetched.note}")
     if model_note:
-        say(f"the node agent serves {model_note}: expect fluent nonsense, not phi-3's answers")
+        say(
+            f"the node agent serves {model_note}: expect words from the Python docs, "
+            "not phi-3's answers"
+        )
     chat = await _chat(base, say)
     stream = await _stream(base, say)
     return DemoResult(ws, node, pod, chat, stream, timeline, fetched)
@@ -270,9 +273,10 @@ async def _stream(base: str, say: Callable[[str], None]) -> str:
         "model": "phi-3-mini-4k-instruct",
         "messages": [{"role": "user", "content": CHAT_PROMPT}],
         "max_tokens": 24,
+        "temperature": 0,  # greedy: the stand-in's most likely words, the same every run
         "stream": True,
     }
-    say(f"POST {base}/v1/chat/completions (stream: true)")
+    say(f"POST {base}/v1/chat/completions (stream: true, temperature: 0)")
     pieces: list[str] = []
     chunks = 0
     async with (
