@@ -50,7 +50,7 @@ def claim_selector(namespace: str, name: str) -> str:
 
 
 def _selector_text(ws: Workspace) -> str:
-    labels = ws.resource.label_selector.match_labels
+    labels = ws.resource.label_selector.node_labels()
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
 
 
