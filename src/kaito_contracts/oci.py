@@ -93,6 +93,12 @@ _REPO = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST = re.compile(
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[A-Fa-f0-9:]+\])(?::[0-9]{{1,5}})?$"
+)
+"""distribution/reference's domain: DNS labels or a bracketed IPv6 address, a port."""
+_NAME_MAX = 255
 
 
 class RegistryError(Exception):
@@ -129,6 +135,12 @@ class ImageRef:
                 f"{ref!r} names no registry host: write it in full, "
                 "e.g. myregistry.azurecr.io/adapters/my-adapter:0.1.0",
             )
+        if not _HOST.match(host):
+            raise RegistryError(
+                "InvalidImageReference",
+                f"{ref!r}: bad registry host {host!r} (letters, digits, '-' and '.', "
+                "an optional :port)",
+            )
         digest = ""
         if "@" in rest:
             rest, digest = rest.split("@", 1)
@@ -144,6 +156,12 @@ class ImageRef:
             raise RegistryError(
                 "InvalidImageReference",
                 f"{ref!r}: bad repository {name!r} (lowercase letters, digits, '.', '_', '-', '/')",
+            )
+        if len(host) + 1 + len(name) > _NAME_MAX:
+            raise RegistryError(
+                "InvalidImageReference",
+                f"{ref!r}: the name (registry and repository) is longer than {_NAME_MAX} "
+                "characters",
             )
         return cls(host=host, repository=name, tag=tag or "latest", digest=digest)
 

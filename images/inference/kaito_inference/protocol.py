@@ -10,6 +10,7 @@ hints (`user`, `presence_penalty` of 0...) are accepted and ignored.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,46 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise RequestError(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise RequestError("Request body must be a JSON object", code="invalid_json")
+    # JSON admits "\ud800" (and Python's decoder lets UTF-8-encoded surrogates through),
+    # but a lone surrogate is no Unicode text: the tokenizer and every encoder fail on
+    # it later. Only bodies that can hold one (an escape, or the 0xED lead byte) are
+    # walked.
+    if b"\\u" in raw or b"\xed" in raw:
+        where = _surrogate_path(body, "")
+        if where is not None:
+            raise RequestError(
+                f"Request body is not valid Unicode: {where} holds a lone UTF-16 "
+                "surrogate (an unpaired \\ud800-\\udfff escape)",
+                code="invalid_json",
+                param=where.split("[", 1)[0].split(".", 1)[0] or None,
+            )
     return body
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def _surrogate_path(value: object, path: str) -> str | None:
+    """Where in ``value`` the first lone surrogate is (``messages[0].content``)."""
+    if isinstance(value, str):
+        return path if _has_surrogate(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _has_surrogate(key):
+                return f"{path}.<key>" if path else "<key>"
+            found = _surrogate_path(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _surrogate_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _is_int(value: object) -> bool:

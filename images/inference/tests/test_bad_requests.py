@@ -34,6 +34,42 @@ def test_malformed_json_is_a_400(http: httpx.Client) -> None:
     assert "JSON object" in error_of(not_an_object, 400)["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        (
+            "/v1/chat/completions",
+            rb'{"model": "tiny", "messages": [{"role": "user", '
+            rb'"content": "hi \ud800"}], "max_tokens": 2}',
+            "messages[0].content",
+        ),
+        ("/v1/completions", rb'{"model": "tiny", "prompt": "\udfff", "max_tokens": 2}', "prompt"),
+        ("/v1/completions", rb'{"model": "tiny", "prompt": "x", "\ud800": 1}', "<key>"),
+        # UTF-8-encoded surrogates (0xED 0xA0 0x80): Python's JSON decoder lets them through.
+        ("/v1/completions", b'{"model": "tiny", "prompt": "\xed\xa0\x80"}', "prompt"),
+    ],
+    ids=["chat escape", "completion escape", "in a key", "utf-8 encoded"],
+)
+def test_a_lone_surrogate_is_a_400_naming_where(
+    http: httpx.Client, path: str, body: bytes, where: str
+) -> None:
+    """JSON admits ``"\ud800"``; Unicode does not, and the tokenizer fails on it."""
+    error = error_of(
+        http.post(path, content=body, headers={"Content-Type": "application/json"}), 400
+    )
+    assert error["message"] == (
+        f"Request body is not valid Unicode: {where} holds a lone UTF-16 surrogate "
+        "(an unpaired \\ud800-\\udfff escape)"
+    ), error["message"]
+    assert error["code"] == "invalid_json"
+    paired = http.post(
+        "/v1/completions",
+        content=rb'{"model": "tiny", "prompt": "\ud83d\ude00", "max_tokens": 1}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert paired.status_code == 200, paired.text  # a surrogate pair is one character
+
+
 def test_unknown_model_is_a_400_naming_the_models(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="gpt-17", messages=MESSAGES, max_tokens=2)

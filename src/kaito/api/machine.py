@@ -78,6 +78,8 @@ class ConditionType(enum.StrEnum):
     INITIALIZED = "MachineInitialized"
     READY = "Ready"
     """True when the three above are True."""
+    TERMINATING = "MachineTerminating"
+    """Set only while a deletion is stalled (False, reason ``AgentPoolDeleteStalled``)."""
 
 
 # -- quantities ------------------------------------------------------------------------

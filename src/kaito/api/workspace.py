@@ -106,6 +106,15 @@ class LabelSelector(ApiModel):
         default_factory=list, description="Label selector requirements, ANDed."
     )
 
+    def node_labels(self) -> dict[str, str]:
+        """The labels a provisioned node carries to match: ``matchLabels`` and every
+        ``In`` expression with one value (the webhook admits no other expression)."""
+        labels = dict(self.match_labels)
+        for req in self.match_expressions:
+            if req.operator == "In" and len(req.values) == 1:
+                labels[req.key] = req.values[0]
+        return labels
+
 
 class ResourceSpec(ApiModel):
     """How many GPU nodes of which size; short ones are provisioned as Machines."""

@@ -135,8 +135,9 @@ class AgentPoolAPI(Protocol):
         """Whether ``token`` is a continuation token for this API's ARM endpoint."""
         ...
 
-    async def delete(self, name: str, *, wait: bool = True) -> None:
-        """Delete the pool: absent -> done; Deleting -> wait; else begin delete (and wait)."""
+    async def delete(self, name: str, *, wait: bool = True, reissue: bool = False) -> None:
+        """Delete the pool: absent -> done; Deleting -> wait (``reissue``: send the DELETE
+        again first, which AKS answers idempotently); else begin delete (and wait)."""
         ...
 
     async def close(self) -> None: ...
@@ -318,11 +319,11 @@ class AzureAgentPoolAPI:
         want = _origin(self.base_url)
         return all(isinstance(u, str) and _origin(u) == want for u in urls)
 
-    async def delete(self, name: str, *, wait: bool = True) -> None:
+    async def delete(self, name: str, *, wait: bool = True, reissue: bool = False) -> None:
         pool = await self.get(name)
         if pool is None:
             return
-        if pool.provisioning_state == "Deleting":
+        if pool.provisioning_state == "Deleting" and not reissue:
             if wait:
                 await self._wait_gone(name)
             return

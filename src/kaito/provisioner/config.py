@@ -60,6 +60,10 @@ class ProvisionerConfig:
     token keeps the place), so deletions and shutdown are never stuck behind it."""
     launch_backoff_base: float = 5.0
     launch_backoff_max: float = 300.0
+    delete_stall_after: float = 600.0
+    """A Machine deleting this long with its agent pool still there is stalled: the DELETE
+    is re-issued (at most once per this period) and the stall reported as the Machine's
+    ``MachineTerminating`` condition and an Event. Default 600 s (AKS deletes in minutes)."""
     machine_selector: str = "kaito.sh/workspace"
     """A label selector: the Machines this provisioner serves (others are ignored)."""
     retry_total: int | None = None
@@ -104,5 +108,6 @@ class ProvisionerConfig:
             workers=max(1, int(number("MAX_CONCURRENT_RECONCILES", 50))),
             launch_backoff_base=max(0.001, number("LAUNCH_BACKOFF_BASE_SECONDS", 5.0)),
             launch_backoff_max=number("LAUNCH_BACKOFF_MAX_SECONDS", 300.0),
+            delete_stall_after=number("DELETE_STALL_SECONDS", 600.0),
             machine_selector=env.get("MACHINE_LABEL_SELECTOR") or "kaito.sh/workspace",
         )

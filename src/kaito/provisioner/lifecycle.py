@@ -13,7 +13,11 @@ the end:
 
 Deletion (the finalizer): delete the Node, delete the agent pool and wait until it is
 gone, only then remove the finalizer. A reconcile never waits on Azure longer than
-``lro_wait``. This module is the order of those steps; the steps, the writes
+``lro_wait``. A pool still there ``delete_stall_after`` seconds after the Machine's
+deletion is a stall: the DELETE is sent again (AKS answers it idempotently; it restarts
+an operation that died) at most once per that period, and the stall is reported as the
+``MachineTerminating=False`` condition (reason ``AgentPoolDeleteStalled``) and a Warning
+Event, never waited out silently. This module is the order of those steps; the steps, the writes
 (`kaito.provisioner.context`) and the pure decisions (`pool`, `nodes`) live beside it.
 """
 
@@ -84,6 +88,8 @@ class MachineLifecycle:
         self.config = config
         self.is_managed = managed_by(config.machine_selector)
         self.deletions = DeletionWatch()
+        self._reissued: dict[str, float] = {}
+        """When the DELETE of a stalled pool was last re-issued (monotonic), by Machine."""
         self._backoff = ItemExponentialFailureRateLimiter(
             base=config.launch_backoff_base, max_delay=config.launch_backoff_max
         )
@@ -154,11 +160,16 @@ class MachineLifecycle:
             bool(validate(ctx.machine)) and not ctx.status.is_true(LAUNCHED)
         )
         if not invalid:
+            reissue = await self._report_stall(ctx)
             try:
                 async with asyncio.timeout(self.config.lro_wait):
-                    await self.api.delete(ctx.name)
+                    await self.api.delete(ctx.name, reissue=reissue)
             except TimeoutError:
-                ctx.log.info("agent pool still deleting", waited=self.config.lro_wait)
+                ctx.log.info(
+                    "agent pool still deleting",
+                    waited=self.config.lro_wait,
+                    deleting_for=round(self._deleting_for(ctx), 3),
+                )
                 return Result(requeue_after=0.01)
             except AzureError as e:
                 delay = self._backoff.when(ctx.name)
@@ -174,12 +185,45 @@ class MachineLifecycle:
         with contextlib.suppress(NotFound):
             await self.writer.remove_finalizer(ctx)
         self._backoff.forget(ctx.name)
+        self._reissued.pop(ctx.name, None)
         deleted = ctx.machine.metadata.deletion_timestamp
         ctx.log.info(
             "machine terminated",
             seconds=round(time.time() - deleted.timestamp(), 3) if deleted else None,
         )
         return None
+
+    def _deleting_for(self, ctx: MachineContext) -> float:
+        deleted = ctx.machine.metadata.deletion_timestamp
+        return time.time() - deleted.timestamp() if deleted else 0.0
+
+    async def _report_stall(self, ctx: MachineContext) -> bool:
+        """Whether to re-issue the DELETE now: the Machine has been deleting longer than
+        ``delete_stall_after`` and the last re-issue (if any) was that long ago. Says so
+        on the Machine (condition, Event) and in the log before the DELETE goes out."""
+        stall_after = self.config.delete_stall_after
+        deleting_for = self._deleting_for(ctx)
+        if deleting_for < stall_after:
+            return False
+        now = time.monotonic()
+        if now - self._reissued.get(ctx.name, -float("inf")) < stall_after:
+            return False
+        self._reissued[ctx.name] = now
+        message = (
+            f"agent pool {ctx.name} still exists {deleting_for:.0f}s after the Machine's "
+            f"deletion (deadline {stall_after:g}s); the DELETE was re-issued"
+        )
+        reason = "AgentPoolDeleteStalled"
+        ctx.status.set(ConditionType.TERMINATING, "False", reason, message, severity="Warning")
+        self.writer.event(ctx.machine, EventType.WARNING, reason, message)
+        ctx.log.warning(
+            "agent pool delete stalled, re-issuing DELETE",
+            deleting_for=round(deleting_for, 3),
+            deadline=stall_after,
+        )
+        with contextlib.suppress(NotFound):
+            await self.writer.write_status(ctx)
+        return True
 
 
 def machine_state(machine: Machine) -> str:

@@ -250,6 +250,43 @@ THROUGH_APISERVER: list[tuple[str, dict[str, Any], str]] = [
         workspace(metadata__annotations={"kaito.sh/runtime": "tensorrt"}),
         'metadata.annotations[kaito.sh/runtime]: "tensorrt" is not a runtime',
     ),
+    # Parity with upstream's rules (issue 14).
+    (
+        "preset names are case-sensitive",
+        workspace(inference__preset__name="Phi-3-Mini-4k-Instruct"),
+        'inference.preset.name: unknown preset "Phi-3-Mini-4k-Instruct" (preset names are '
+        'case-sensitive); did you mean "phi-3-mini-4k-instruct"?',
+    ),
+    (
+        "labelSelector NotIn",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["b"]}]
+            }
+        ),
+        "resource.labelSelector.matchExpressions[0]: NotIn cannot become a node label",
+    ),
+    (
+        "labelSelector In with two values",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]
+            }
+        ),
+        "resource.labelSelector.matchExpressions[0]: In with 2 values cannot become a node label",
+    ),
+    (
+        "output image with an uppercase repository",
+        workspace(TUNING, tuning__output__image="myacr.azurecr.io/Adapters/Phi:1"),
+        "tuning.output.image: not a valid image reference: 'myacr.azurecr.io/Adapters/Phi:1': "
+        "bad repository 'Adapters/Phi'",
+    ),
+    (
+        "falcon-7b on one 8 GB M60",
+        workspace(resource__instanceType="Standard_NV6", inference__preset__name="falcon-7b"),
+        "resource.instanceType: instance type Standard_NV6 has 8Gi of GPU memory in total; "
+        "preset falcon-7b needs 14Gi",
+    ),
 ]
 
 
@@ -267,6 +304,37 @@ async def test_apiserver_returns_the_webhooks_message(
     assert err.value.status == 422
     assert err.value.message.startswith(DENIED), err.value.message
     assert message in err.value.message
+
+
+async def test_a_template_runs_on_any_instance_type(
+    client: Client, namespace: str, webhook: WebhookServer
+) -> None:
+    """Upstream admits any SKU for a custom template (a CPU size for a CPU workload)."""
+    obj = workspace(
+        metadata__name="template-cpu",
+        resource__instanceType="Standard_D8s_v3",
+        inference={"template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    )
+    created = await client.create(WORKSPACES_V1ALPHA1, in_namespace(obj, namespace))
+    assert created["resource"]["instanceType"] == "Standard_D8s_v3"
+    await client.delete(WORKSPACES, "template-cpu", namespace)
+
+
+async def test_kubectl_warns_of_a_gpu_size_the_table_lacks(
+    client: Client, kubeconfig: str, namespace: str, webhook: WebhookServer
+) -> None:
+    """Admitted (a new Azure size must not need a KAITO release), but not silently: the
+    AdmissionReview's warnings reach the user as kubectl's ``Warning:`` lines."""
+    obj = workspace(metadata__name="new-size", resource__instanceType="Standard_NC8ads_Z900_v9")
+    manifest = yaml.safe_dump(in_namespace(obj, namespace))
+    rc, out, err = await kubectl(kubeconfig, "apply", "-f", "-", stdin=manifest)
+    assert rc == 0, err
+    assert "workspace.kaito.sh/new-size created" in out
+    assert (
+        "Warning: resource.instanceType: Standard_NC8ads_Z900_v9 is not in KAITO's GPU SKU "
+        "table; admitted without checking its GPU count and memory against the preset" in err
+    ), err
+    await client.delete(WORKSPACES, "new-size", namespace)
 
 
 async def test_kubectl_apply_of_a_bad_spec_prints_the_message(
@@ -376,6 +444,38 @@ async def test_updates_of_immutable_fields_are_rejected(
         )
         assert status["status"]["workerNodes"] == ["n1"]
         await client.patch(WORKSPACES, name, {"metadata": {"finalizers": None}}, namespace)
+    finally:
+        await client.delete(WORKSPACES, name, namespace)
+
+
+async def test_tuning_input_identity_is_immutable_but_not_its_order_or_credentials(
+    client: Client, namespace: str, webhook: WebhookServer
+) -> None:
+    name = "tuning-input"
+    urls = ["https://example.com/a.jsonl", "https://example.com/b.jsonl"]
+    obj = workspace(TUNING, metadata__name=name, tuning__input={"urls": urls})
+    await client.create(WORKSPACES, in_namespace(obj, namespace))
+    try:
+        with pytest.raises(Invalid) as err:
+            await client.patch(
+                WORKSPACES,
+                name,
+                {"tuning": {"input": {"urls": ["https://example.com/c.jsonl"]}}},
+                namespace,
+                patch_type=PatchType.MERGE,
+            )
+        assert (
+            "tuning.input.urls: field is immutable: it names the data this workspace tunes on"
+            in err.value.message
+        ), err.value.message
+        updated = await client.patch(
+            WORKSPACES,
+            name,
+            {"tuning": {"input": {"urls": urls[::-1], "imagePullSecrets": ["rotated"]}}},
+            namespace,
+            patch_type=PatchType.MERGE,
+        )
+        assert updated["tuning"]["input"]["urls"] == urls[::-1]
     finally:
         await client.delete(WORKSPACES, name, namespace)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from kaito.api.machine import MACHINES
-from kaito.api.workspace import ANNOTATION_REVISION, FINALIZER
+from kaito.api.workspace import ANNOTATION_REVISION, FINALIZER, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.nodes.machines import machine_name
 from kaito.provisioner.emulator import Fault, FaultKind
 from kaito.runtime.client import Client
@@ -52,6 +52,28 @@ async def test_quick_start_workspace_gets_a_labelled_gpu_node_and_deletion_clean
     assert await emulator_nodes(client, wsrig.emulator) == []
     await wsrig.emulator.wait_idle()
     assert not wsrig.emulator.pools
+
+
+async def test_a_template_on_a_cpu_size_gets_its_node_without_gpus(
+    wsrig: WsRig, client: Client
+) -> None:
+    """Admitted as upstream admits it (any SKU for a template), and served: a CPU node
+    that reports no nvidia.com/gpu is Ready enough for a CPU workload."""
+    wsrig.start()
+    body = wsrig.body("template-cpu", instance_type="Standard_D8s_v3")
+    body["inference"] = {
+        "template": {"spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    }
+    await client.create(WORKSPACES_V1ALPHA1, body)
+    ws = await wsrig.wait_resource_ready("template-cpu")
+    ready = condition(ws, "ResourceReady")
+    assert ready is not None and ready["reason"] == "NodesReady", ready
+    (node_name,) = ws["status"]["workerNodes"]
+    node = await client.get(NODES, node_name)
+    assert "nvidia.com/gpu" not in node["status"]["capacity"]
+    assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "Standard_D8s_v3"
+    await wsrig.delete("template-cpu")
+    assert await wsrig.machines() == []
 
 
 async def test_count_two_creates_both_machines_at_once(wsrig: WsRig) -> None:

@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert cfg.registration_timeout == 900 and cfg.gc_interval == 120 and cfg.gc_min_age == 30
     assert cfg.location == "eastus" and cfg.arm_static_token is None
     assert cfg.machine_selector == "kaito.sh/workspace"
+    assert cfg.delete_stall_after == 600
 
 
 def test_overrides() -> None:
@@ -27,8 +28,10 @@ def test_overrides() -> None:
             "ARM_CA_BUNDLE": "/ca.crt",
             "REGISTRATION_TIMEOUT_SECONDS": "60",
             "MAX_CONCURRENT_RECONCILES": "7",
+            "DELETE_STALL_SECONDS": "90",
         }
     )
+    assert cfg.delete_stall_after == 90
     assert cfg.arm_base_url == "https://127.0.0.1:8443" and cfg.arm_ca_bundle == "/ca.crt"
     assert cfg.registration_timeout == 60 and cfg.workers == 7
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kaito.controllers.workspace.admission.resource import check_capacity
-from kaito.controllers.workspace.admission.validation import parse, validate
+from kaito.controllers.workspace.admission.validation import parse, validate, warnings
 from kaito.presets.catalog import load_catalog
 from kaito.presets.skus import get_sku
 from kaito_contracts import url_problem
@@ -60,6 +60,19 @@ VALID = {
     "tiny CPU test preset": workspace(inference__preset__name="tiny-llama-test"),
     "custom template": workspace(
         inference={"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}
+    ),
+    "custom template on a CPU size (any SKU, as upstream)": workspace(
+        resource__instanceType="Standard_D8s_v3",
+        inference={"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}},
+    ),
+    "labelSelector In with one value (a node label)": workspace(
+        resource__labelSelector={
+            "matchLabels": {"apps": "phi-3"},
+            "matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}],
+        }
+    ),
+    "output image with a port and a digest-free tag": workspace(
+        TUNING, tuning__output__image="registry.local:5000/team/adapter-1:v0.1"
     ),
     "GPU size missing from the SKU table (no memory check)": workspace(
         resource__instanceType="Standard_NC999ads_Z900_v9",
@@ -389,6 +402,95 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "that is not a mapping",
     ),
     (
+        "preset name in the wrong case",
+        workspace(inference__preset__name="Phi-3-Mini-4k-Instruct"),
+        'inference.preset.name: unknown preset "Phi-3-Mini-4k-Instruct" (preset names are '
+        'case-sensitive); did you mean "phi-3-mini-4k-instruct"?',
+    ),
+    (
+        "labelSelector NotIn",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["b"]}]
+            }
+        ),
+        "resource.labelSelector.matchExpressions[0]: NotIn cannot become a node label",
+    ),
+    (
+        "labelSelector Exists",
+        workspace(
+            resource__labelSelector={"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+        ),
+        "resource.labelSelector.matchExpressions[0]: Exists cannot become a node label",
+    ),
+    (
+        "labelSelector DoesNotExist",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "DoesNotExist"}]
+            }
+        ),
+        "resource.labelSelector.matchExpressions[0]: DoesNotExist cannot become a node label",
+    ),
+    (
+        "labelSelector In with two values",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]
+            }
+        ),
+        "resource.labelSelector.matchExpressions[0]: In with 2 values cannot become a node "
+        "label (a node carries one value per key); use matchLabels (team: <value>) or In "
+        "with exactly one value",
+    ),
+    (
+        "labelSelector unknown operator",
+        workspace(
+            resource__labelSelector={
+                "matchExpressions": [{"key": "team", "operator": "Gt", "values": ["1"]}]
+            }
+        ),
+        'resource.labelSelector.matchExpressions[0]: "Gt" is not a label selector operator',
+    ),
+    (
+        "output image with an uppercase repository",
+        workspace(TUNING, tuning__output__image="myacr.azurecr.io/Adapters/Phi:1"),
+        "tuning.output.image: not a valid image reference: 'myacr.azurecr.io/Adapters/Phi:1': "
+        "bad repository 'Adapters/Phi'",
+    ),
+    (
+        "output image with a bad host",
+        workspace(TUNING, tuning__output__image="my_acr.azurecr.io/adapter:1"),
+        "tuning.output.image: not a valid image reference: 'my_acr.azurecr.io/adapter:1': bad "
+        "registry host 'my_acr.azurecr.io'",
+    ),
+    (
+        "output image with a bad tag",
+        workspace(TUNING, tuning__output__image="myacr.azurecr.io/adapter:-1"),
+        "bad tag '-1'",
+    ),
+    (
+        "input image without a registry",
+        workspace(TUNING, tuning__input={"image": "data:1"}),
+        "tuning.input.image: not a valid image reference: 'data:1' names no registry host",
+    ),
+    (
+        "adapter image uppercase",
+        workspace(inference__adapters=[adapter("a", image="myacr.azurecr.io/A:1")]),
+        "inference.adapters[0].source.image: not a valid image reference",
+    ),
+    (
+        "falcon-7b on one 8 GB M60 (Standard_NV6)",
+        workspace(resource__instanceType="Standard_NV6", inference__preset__name="falcon-7b"),
+        "resource.instanceType: instance type Standard_NV6 has 8Gi of GPU memory in total; "
+        "preset falcon-7b needs 14Gi",
+    ),
+    (
+        "a CPU size for a preset",
+        workspace(resource__instanceType="Standard_D8s_v3"),
+        "resource.instanceType: unknown instance type Standard_D8s_v3",
+    ),
+    (
         "wrong type (the schema's job, still a field error)",
         workspace(resource__count="many"),
         "resource.count: Input should be a valid integer",
@@ -430,6 +532,20 @@ def test_capacity_check_against_every_sku_and_preset_never_crashes() -> None:
             for err in check_capacity(preset, sku, 1):
                 assert err.field == "resource.instanceType"
                 assert preset.name in err.message and sku.name in err.message
+
+
+def test_unknown_gpu_size_is_admitted_with_a_warning_and_known_or_template_without() -> None:
+    unknown = workspace(resource__instanceType="Standard_NC999ads_Z900_v9")
+    assert warnings(unknown) == [
+        "resource.instanceType: Standard_NC999ads_Z900_v9 is not in KAITO's GPU SKU table; "
+        "admitted without checking its GPU count and memory against the preset"
+    ]
+    assert warnings(QUICK_START) == []
+    template = workspace(
+        resource__instanceType="Standard_D8s_v3",
+        inference={"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}},
+    )
+    assert warnings(template) == []
 
 
 def test_instance_type_lookup_is_case_insensitive() -> None:
@@ -509,10 +625,17 @@ UPDATES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
         "tuning.method: field is immutable (was qlora, now lora)",
     ),
     (
-        "tuning input",
+        "tuning input source",
         TUNING,
-        workspace(TUNING, tuning__input={"image": "x/data:2"}),
-        "tuning.input: field is immutable",
+        workspace(TUNING, tuning__input={"image": "myacr.azurecr.io/data:2"}),
+        "tuning.input.image: field is immutable: it names the data this workspace tunes on "
+        "(was unset, now myacr.azurecr.io/data:2)",
+    ),
+    (
+        "tuning input urls",
+        TUNING,
+        workspace(TUNING, tuning__input={"urls": ["https://example.com/other.jsonl"]}),
+        "tuning.input.urls: field is immutable: it names the data this workspace tunes on",
     ),
     (
         "tuning preset",
@@ -554,6 +677,17 @@ async def test_update_of_mutable_parts_is_admitted() -> None:
         inference__config="good-inference",
     )
     assert await errors(new, QUICK_START_ADAPTER) == []
+
+
+async def test_update_may_reorder_input_urls_and_rotate_pull_secrets() -> None:
+    """The input's identity (the set of URLs, the image, the volume, the name) is
+    immutable; the order of the URLs and the pull credentials are not part of it."""
+    urls = ["https://example.com/a.jsonl", "https://example.com/b.jsonl"]
+    old = workspace(TUNING, tuning__input={"urls": urls})
+    new = workspace(
+        TUNING, tuning__input={"urls": urls[::-1], "imagePullSecrets": ["rotated-token"]}
+    )
+    assert await errors(new, old) == []
 
 
 async def test_update_does_not_rejudge_a_stored_spec_against_the_catalog() -> None:

@@ -300,8 +300,6 @@ class ArmApi:
         pool = self.state.pools.get(name)
         if pool is None:
             return web.Response(status=204)
-        if pool.busy and pool.op is not None and pool.op.kind == "delete":
-            return web.Response(status=202, headers=self._op_urls(request, pool.op))
         op = self.state.begin_delete(pool)
         return web.Response(status=202, headers=self._op_urls(request, op))
 

@@ -6,21 +6,30 @@ their own (``Creating`` -> ``Succeeded``/``Failed``, ``InProgress`` -> a final s
 Here each operation is one task that sleeps the configured latency, registers or removes
 the pool's Nodes (`kubelet.py`) and finishes the operation. The ARM surface (`arm.py`)
 only reads this state and starts operations; it never finishes one.
+
+An operation outlives the cluster's apiserver being down, as AKS's do (the VMs and their
+kubelets do not care): registering or removing Nodes is retried with the runtime's
+`Backoff` until the apiserver answers, never given up, so a pool is not left
+``Deleting`` forever by a restart of kube-apiserver. A DELETE of a pool whose delete is
+still running answers with that operation (AKS's idempotent DELETE); one whose task
+died is started again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import structlog
 
 from kaito.provisioner.emulator.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
 from kaito.provisioner.emulator.kubelet import SimulatedKubelets
 from kaito.provisioner.emulator.nodes import node_name
+from kaito.runtime.backoff import Backoff
 from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import now_rfc3339
@@ -30,6 +39,12 @@ __all__ = ["AgentPools", "EmulatorConfig", "Operation", "Pool", "RecordedRequest
 log = structlog.get_logger("kaito.provisioner.emulator")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+_T = TypeVar("_T")
+
+APISERVER_ERRORS = (ApiError, OSError, aiohttp.ClientError, TimeoutError)
+"""What a call to an unavailable or restarting apiserver raises (a refused connection is
+an `OSError`, a dropped one an `aiohttp.ClientError`, a 5xx/429 an `ApiError`)."""
 
 
 @dataclass
@@ -51,6 +66,10 @@ class EmulatorConfig:
     list_page_size: int = 100
     accept_token: Callable[[str], bool] | None = None
     """Which bearer tokens are valid; default any non-empty token."""
+    apiserver_retry_initial: float = 0.5
+    apiserver_retry_cap: float = 10.0
+    """An operation retries Node writes the apiserver refused after 0.5 s doubling to
+    10 s (plus jitter), until they succeed."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,17 @@ class Pool:
         """An operation on the pool is still running."""
         return self.op is not None and not self.op.done
 
+    @property
+    def deleting(self) -> bool:
+        """A delete is running: its operation is open and its task alive."""
+        return (
+            self.busy
+            and self.op is not None
+            and self.op.kind == "delete"
+            and self.task is not None
+            and not self.task.done()
+        )
+
 
 class AgentPools:
     """The pools by name and every operation by id; starts and finishes operations.
@@ -152,13 +182,18 @@ class AgentPools:
         return pool
 
     def begin_delete(self, pool: Pool) -> Operation:
-        """``Deleting``; a create still running is cancelled first, as AKS does."""
+        """``Deleting``; a create still running is cancelled first, as AKS does. A delete
+        already running is the answer (idempotent); one whose task died starts again."""
+        if pool.deleting and pool.op is not None:
+            return pool.op
         if pool.busy and pool.task is not None and pool.op is not None:
             pool.task.cancel()
-            pool.op.finish(
-                "Canceled",
-                {"code": "OperationCanceled", "message": "The operation was canceled by a delete."},
+            message = (
+                "The operation was canceled by a delete."
+                if pool.op.kind == "create"
+                else "The operation was superseded by a new delete."
             )
+            pool.op.finish("Canceled", {"code": "OperationCanceled", "message": message})
         op = self._new_operation("delete", pool.name)
         pool.op = op
         pool.properties["provisioningState"] = "Deleting"
@@ -187,29 +222,59 @@ class AgentPools:
             op.finish("Failed", error)
             log.info("agent pool failed", pool=pool.name, code=error["code"])
             return
-        try:
-            if self.kubelets is not None:
-                pool.nodes = await self.kubelets.register(
+        kubelets = self.kubelets
+        if kubelets is not None:
+            pool.nodes = await self._until_apiserver_answers(
+                lambda: kubelets.register(
                     pool.name, pool.properties, ready_delay=self.config.node_ready_delay
-                )
-        except (ApiError, OSError) as e:
-            pool.properties["provisioningState"] = "Failed"
-            op.finish("Failed", {"code": "NodeRegistrationFailed", "message": str(e)})
-            log.warning("node registration failed", pool=pool.name, error=str(e))
-            return
+                ),
+                pool=pool.name,
+                step="register nodes",
+            )
         pool.properties["provisioningState"] = "Succeeded"
         op.finish("Succeeded")
         log.info("agent pool created", pool=pool.name, nodes=pool.nodes)
 
     async def _delete(self, pool: Pool, op: Operation) -> None:
         await asyncio.sleep(self.config.delete_latency)
-        if self.kubelets is not None:
+        kubelets = self.kubelets
+        if kubelets is not None:
             count = int(pool.properties.get("count", 1))
             names = pool.nodes or [
                 node_name(self.config.cluster_name, pool.name, i) for i in range(count)
             ]
-            await self.kubelets.remove(names)
+            await self._until_apiserver_answers(
+                lambda: kubelets.remove(names), pool=pool.name, step="remove nodes"
+            )
             pool.nodes = []
         self.pools.pop(pool.name, None)
         op.finish("Succeeded")
         log.info("agent pool deleted", pool=pool.name)
+
+    async def _until_apiserver_answers(
+        self, call: Callable[[], Awaitable[_T]], *, pool: str, step: str
+    ) -> _T:
+        """``call()`` again, with backoff, until the apiserver lets it through."""
+        backoff = Backoff(
+            initial=self.config.apiserver_retry_initial, cap=self.config.apiserver_retry_cap
+        )
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                result = await call()
+            except APISERVER_ERRORS as e:
+                delay = backoff.next()
+                log.warning(
+                    "apiserver unavailable, retrying",
+                    pool=pool,
+                    step=step,
+                    tries=tries,
+                    retry_in=round(delay, 3),
+                    error=str(e) or type(e).__name__,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if tries > 1:
+                log.info("apiserver answered again", pool=pool, step=step, tries=tries)
+            return result

@@ -8,6 +8,7 @@ from kaito.api.workspace import MAX_ADAPTERS, AdapterSpec, InferenceSpec
 from kaito.controllers.workspace.admission.fields import DNS1123_SUBDOMAIN, FieldError, one_of
 from kaito.controllers.workspace.admission.resource import check_preset
 from kaito.presets.catalog import Catalog, Preset
+from kaito_contracts.oci import ImageRef, RegistryError
 
 
 def check_inference(inf: InferenceSpec, cat: Catalog) -> tuple[list[FieldError], Preset | None]:
@@ -89,6 +90,13 @@ def _check_adapter(
         count, given = one_of(
             [("image", bool(source.image)), ("volumeSource", source.volume_source is not None)]
         )
+        if source.image:
+            try:
+                ImageRef.parse(source.image)
+            except RegistryError as e:
+                errors.append(
+                    FieldError(f"{path}.source.image", f"not a valid image reference: {e.message}")
+                )
         if source.urls:
             errors.append(
                 FieldError(

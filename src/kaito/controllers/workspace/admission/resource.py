@@ -16,7 +16,8 @@ from kaito.presets.skus import GpuSku
 from kaito_contracts.oci import ImageRef, RegistryError
 
 OTHER_GPU_SIZES_PREFIX = "Standard_N"
-"""Azure's GPU families; sizes not in the SKU table are accepted without memory checks."""
+"""Azure's GPU families; sizes not in the SKU table are admitted with a warning
+(`resource_warnings`) and without memory checks."""
 
 BYPASS_HINT = ' (annotation kaito.sh/bypass-resource-checks: "True" skips this check)'
 
@@ -37,6 +38,16 @@ def check_preset(
     if spec is None:
         return [FieldError(path, "required: name the base model (a preset)")], None
     preset = cat.get(spec.name)
+    if preset is not None and preset.name != spec.name:
+        # Preset names are case-sensitive, as upstream's are: the name is also a label
+        # value and an image name, where case matters.
+        return [
+            FieldError(
+                f"{path}.name",
+                f'unknown preset "{spec.name}" (preset names are case-sensitive); '
+                f'did you mean "{preset.name}"?',
+            )
+        ], None
     if preset is None:
         known = ", ".join(cat.names())
         return [
@@ -142,8 +153,14 @@ def check_resource(
     preset: Preset | None,
     sku_lookup: Callable[[str], GpuSku | None],
 ) -> list[FieldError]:
-    """A GPU instance type, large enough for the preset unless checks are bypassed."""
+    """A GPU instance type, large enough for the preset unless checks are bypassed.
+
+    A custom ``inference.template`` runs whatever the user's pod needs, so any instance
+    type is admitted for it, as upstream does (a CPU size for a CPU workload included).
+    """
     instance_type = ws.resource.instance_type
+    if ws.inference is not None and ws.inference.template is not None:
+        return []
     sku = sku_lookup(instance_type)
     if sku is None:
         if instance_type.startswith(OTHER_GPU_SIZES_PREFIX):
@@ -158,6 +175,57 @@ def check_resource(
     if preset is None or ws.bypass_resource_checks:
         return []
     return check_capacity(preset, sku, ws.resource.count)
+
+
+def check_label_selector(ws: Workspace) -> list[FieldError]:
+    """Every ``matchExpressions`` entry can become a node label.
+
+    The selector does two jobs: it picks the nodes the workspace runs on, and its labels
+    are put on the Machines/NodeClaims the controller creates, whose nodes must then
+    match it. Only a key=value pair can be put on a node, so only ``In`` with exactly one
+    value (a ``matchLabels`` entry written longhand) is admitted. ``In`` with several
+    values leaves the value to pick; ``Exists`` leaves the value to invent; ``NotIn``
+    and ``DoesNotExist`` describe labels a node must *not* carry, so a selector made of
+    them also matches every unlabeled node in the cluster (system and CPU nodes
+    included), which the controller would count as the workspace's.
+    """
+    errors = []
+    for i, req in enumerate(ws.resource.label_selector.match_expressions):
+        field = f"resource.labelSelector.matchExpressions[{i}]"
+        if req.operator == "In" and len(req.values) == 1:
+            continue
+        if req.operator == "In":
+            why = (
+                f"In with {len(req.values)} values cannot become a node label "
+                "(a node carries one value per key)"
+            )
+        elif req.operator in ("NotIn", "Exists", "DoesNotExist"):
+            why = (
+                f"{req.operator} cannot become a node label, so provisioned nodes could "
+                "not be made to match it"
+            )
+        else:
+            why = f'"{req.operator}" is not a label selector operator'
+        errors.append(
+            FieldError(
+                field,
+                f"{why}; use matchLabels ({req.key}: <value>) or In with exactly one value",
+            )
+        )
+    return errors
+
+
+def resource_warnings(ws: Workspace, sku_lookup: Callable[[str], GpuSku | None]) -> list[str]:
+    """What is admitted unchecked: a GPU-family size the SKU table does not know."""
+    instance_type = ws.resource.instance_type
+    if ws.inference is not None and ws.inference.template is not None:
+        return []
+    if sku_lookup(instance_type) is None and instance_type.startswith(OTHER_GPU_SIZES_PREFIX):
+        return [
+            f"resource.instanceType: {instance_type} is not in KAITO's GPU SKU table; "
+            "admitted without checking its GPU count and memory against the preset"
+        ]
+    return []
 
 
 def check_capacity(preset: Preset, sku: GpuSku, count: int) -> list[FieldError]:

@@ -11,6 +11,7 @@ from kaito.controllers.workspace.admission.fields import FieldError, one_of
 from kaito.controllers.workspace.admission.resource import check_preset
 from kaito.presets.catalog import Catalog, Preset
 from kaito_contracts import url_problem
+from kaito_contracts.oci import ImageRef, RegistryError
 
 
 def check_tuning(
@@ -62,12 +63,23 @@ def check_input(source: DataSource | None) -> list[FieldError]:
                 f"exactly one of urls, image and volumeSource must be set, got {given}",
             )
         ]
-    errors = []
+    errors = image_ref_errors("tuning.input.image", source.image)
     for i, url in enumerate(source.urls):
         problem = url_problem(url)
         if problem:
             errors.append(FieldError(f"tuning.input.urls[{i}]", problem))
     return errors
+
+
+def image_ref_errors(field: str, image: str | None) -> list[FieldError]:
+    """``image`` parses by the OCI reference grammar the images use (`ImageRef`)."""
+    if not image:
+        return []
+    try:
+        ImageRef.parse(image)
+    except RegistryError as e:
+        return [FieldError(field, f"not a valid image reference: {e.message}")]
+    return []
 
 
 def check_output(dest: DataDestination | None) -> list[FieldError]:
@@ -83,6 +95,9 @@ def check_output(dest: DataDestination | None) -> list[FieldError]:
                 "tuning.output", f"exactly one of image and volumeSource must be set, got {given}"
             )
         ]
+    ref_errors = image_ref_errors("tuning.output.image", dest.image)
+    if ref_errors:
+        return ref_errors
     if dest.image and not dest.image_push_secret:
         return [
             FieldError(

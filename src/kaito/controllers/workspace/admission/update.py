@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kaito.api.workspace import ANNOTATION_RUNTIME, Workspace
+from kaito.api.workspace import ANNOTATION_RUNTIME, DataSource, Workspace
 from kaito.controllers.workspace.admission.fields import FieldError
 from kaito.controllers.workspace.admission.inference import check_adapters
 from kaito.controllers.workspace.admission.metadata import check_runtime_annotation
@@ -27,11 +27,44 @@ def _dump_list(items: Sequence[Any]) -> list[Any]:
 
 
 def _show(value: Any) -> str:
-    if value is None:
+    if value is None or value == "" or value == []:
         return "unset"
-    if isinstance(value, dict):
+    if isinstance(value, dict | list):
         return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return str(value)
+
+
+def _input_identity(source: DataSource | None) -> dict[str, Any] | None:
+    """Which data a tuning job trains on: the set of URLs (order does not matter, as
+    upstream sorts them), the image, the volume, and the name."""
+    if source is None:
+        return None
+    return {
+        "name": source.name,
+        "urls": sorted(source.urls),
+        "image": source.image,
+        "volumeSource": source.volume_source,
+    }
+
+
+def _check_input_identity(new: DataSource | None, old: DataSource | None) -> list[FieldError]:
+    """The input's identity is immutable (a Workspace names one training run); its pull
+    credentials (``imagePullSecrets``) may change, e.g. to rotate an expired token."""
+    before, after = _input_identity(old), _input_identity(new)
+    if before == after:
+        return []
+    if before is None or after is None:
+        return [FieldError("tuning.input", f"field is immutable (was {_show(before)})")]
+    return [
+        FieldError(
+            f"tuning.input.{key}",
+            f"field is immutable: it names the data this workspace tunes on "
+            f"(was {_show(before[key])}, now {_show(after[key])}); create a new workspace "
+            "to tune on other data",
+        )
+        for key in before
+        if before[key] != after[key]
+    ]
 
 
 def check_update(ws: Workspace, old: Workspace) -> list[FieldError]:
@@ -76,7 +109,7 @@ def check_update(ws: Workspace, old: Workspace) -> list[FieldError]:
     if ws.tuning is not None and old.tuning is not None:
         immutable("tuning.preset", _dump(ws.tuning.preset), _dump(old.tuning.preset))
         immutable("tuning.method", ws.tuning.method, old.tuning.method)
-        immutable("tuning.input", _dump(ws.tuning.input), _dump(old.tuning.input))
+        errors += _check_input_identity(ws.tuning.input, old.tuning.input)
     if ws.metadata.annotations.get(ANNOTATION_RUNTIME) != old.metadata.annotations.get(
         ANNOTATION_RUNTIME
     ):

@@ -34,13 +34,17 @@ from kaito.controllers.workspace.admission.configs import (
 from kaito.controllers.workspace.admission.fields import FieldError, one_of
 from kaito.controllers.workspace.admission.inference import check_inference
 from kaito.controllers.workspace.admission.metadata import check_name, check_runtime_annotation
-from kaito.controllers.workspace.admission.resource import check_resource
+from kaito.controllers.workspace.admission.resource import (
+    check_label_selector,
+    check_resource,
+    resource_warnings,
+)
 from kaito.controllers.workspace.admission.tuning import check_tuning
 from kaito.controllers.workspace.admission.update import check_update
 from kaito.presets.catalog import Catalog, Preset, load_catalog
 from kaito.presets.skus import GpuSku
 
-__all__ = ["ConfigMapReader", "FieldError", "check_create", "parse", "validate"]
+__all__ = ["ConfigMapReader", "FieldError", "check_create", "parse", "validate", "warnings"]
 
 
 def parse(obj: dict[str, Any]) -> tuple[Workspace | None, list[FieldError]]:
@@ -90,8 +94,16 @@ def check_create(
         tun_errors, tuning_preset = check_tuning(ws, ws.tuning, cat)
         errors += tun_errors
         preset = preset or tuning_preset
-    errors += check_resource(ws, preset, lookup)
+    errors += check_resource(ws, preset, lookup) + check_label_selector(ws)
     return errors
+
+
+def warnings(obj: dict[str, Any], *, catalog: Catalog | None = None) -> list[str]:
+    """What is admitted but unchecked (kubectl prints these as ``Warning:`` lines)."""
+    ws, errors = parse(obj)
+    if ws is None or errors:
+        return []
+    return resource_warnings(ws, (catalog or load_catalog()).sku)
 
 
 async def validate(

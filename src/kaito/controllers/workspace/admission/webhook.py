@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from kaito.api.workspace import GROUP, VERSIONS
-from kaito.controllers.workspace.admission.validation import FieldError, validate
+from kaito.controllers.workspace.admission.validation import FieldError, validate, warnings
 from kaito.presets.catalog import Catalog, load_catalog
 from kaito.runtime import webhook
 from kaito.runtime.client import Client
@@ -151,9 +151,11 @@ class WorkspaceValidator:
                 operation=request.operation,
                 errors=[str(e) for e in errors],
             )
-        else:
-            log.debug("workspace admitted", workspace=workspace)
-        return denial(errors, name=request.name)
+            return denial(errors, name=request.name)
+        log.debug("workspace admitted", workspace=workspace)
+        if request.operation == "CREATE":
+            return webhook.allowed().with_warnings(*warnings(obj, catalog=self.catalog))
+        return webhook.allowed()
 
     async def _read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -99,7 +99,7 @@ def build_machine(ws: Workspace, index: int, *, storage: str) -> Machine:
     name = machine_name(ws.metadata.namespace, ws.metadata.name, index)
     labels = {
         LABEL_PROVISIONER_NAME: PROVISIONER_NAME,
-        **ws.resource.label_selector.match_labels,
+        **ws.resource.label_selector.node_labels(),
         **workspace_labels(ws),
     }
     return Machine(

@@ -67,7 +67,7 @@ def build_nodeclaim(ws: Workspace, index: int, *, storage: str) -> NodeClaim:
     labels = {
         LABEL_NODEPOOL: NODEPOOL,
         mach.LABEL_MACHINE_TYPE: "gpu",
-        **ws.resource.label_selector.match_labels,
+        **ws.resource.label_selector.node_labels(),
         **mach.workspace_labels(ws),
     }
     return NodeClaim(

@@ -49,8 +49,20 @@ def claim_selector(namespace: str, name: str) -> str:
     return f"{LABEL_WORKSPACE}={name},{LABEL_WORKSPACE_NAMESPACE}={namespace}"
 
 
+GPU_SIZES_PREFIX = "Standard_N"
+"""Azure's GPU families (NC, ND, NV, NCC): their nodes must report nvidia.com/gpu."""
+
+
+def needs_gpu(ws: Workspace) -> bool:
+    """Whether the workspace's nodes must report GPUs: always, except a custom template
+    on a size outside Azure's GPU families (a CPU workload; the webhook admits any size
+    for templates, as upstream does)."""
+    template = ws.inference is not None and ws.inference.template is not None
+    return not template or ws.resource.instance_type.startswith(GPU_SIZES_PREFIX)
+
+
 def _selector_text(ws: Workspace) -> str:
-    labels = ws.resource.label_selector.match_labels
+    labels = ws.resource.label_selector.node_labels()
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
 
 
@@ -119,6 +131,20 @@ class NodeSync:
             node = self.nodes.get_by_name(node_name)
             if node is not None and node_ready(node):
                 candidates.append(node)
+        if not needs_gpu(ws):
+            # A custom template on a CPU size (admitted as upstream does): Ready is enough.
+            cpu_nodes = candidates[:count]
+            if len(cpu_nodes) >= count:
+                names = sorted(n["metadata"]["name"] for n in cpu_nodes)
+                status.set_worker_nodes(names)
+                status.set(
+                    RESOURCE_READY,
+                    "True",
+                    "NodesReady",
+                    f"{count} node(s) of instance type {ws.resource.instance_type} Ready: "
+                    f"{', '.join(names)}",
+                )
+                return True
         with_gpu = [n for n in candidates if nd.gpu_capacity(n) > 0][:count]
         if len(with_gpu) >= count:
             for node in with_gpu:
