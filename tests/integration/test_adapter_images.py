@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -560,9 +561,16 @@ def test_the_bearer_token_flow_pushes_and_pulls_and_refuses_a_wrong_secret(
                 "--docker-config", str(good), "--secret-name", "acr-secret",
             )  # fmt: skip
             assert run.returncode == 0, run.stderr[-3000:] + reg._log_tail()
+            # distribution lists a challenge's actions in no fixed order (a Go map)
+            scopes = [
+                urllib.parse.parse_qs(urllib.parse.urlsplit(r).query).get("scope", [""])[0]
+                for r in tokens.requests
+            ]
             assert any(
-                "scope=repository%3Atokens%2Fadapter%3Apull%2Cpush" in r for r in tokens.requests
-            )
+                s.startswith("repository:tokens/adapter:")
+                and set(s.rsplit(":", 1)[1].split(",")) == {"pull", "push"}
+                for s in scopes
+            ), tokens.requests
             dest = tmp_path / "pulled"
             run = run_image(
                 "kaito_inference.adapter_pull", "--image", image, "--dest", str(dest),
