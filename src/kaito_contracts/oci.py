@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -108,6 +109,22 @@ class RegistryError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+    def termination_line(self, action: str, image: str) -> str:
+        """``<Reason>: <action> <image>: <message>`` (the prefix only once): what a
+        pusher or puller leaves as its container's termination message."""
+        message = self.message
+        if not message.startswith(f"{action} "):
+            message = f"{action} {image}: {message}"
+        return f"{self.reason}: {message}"
+
+
+def write_termination(path: Path, line: str) -> None:
+    """``line`` on stderr and in the termination-message file ``path`` (kubelet shows it
+    on the pod); no such file outside a pod is fine, stderr carries it."""
+    print(line, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        path.write_text(line + "\n")
 
 
 # -- references and credentials ------------------------------------------------------------
