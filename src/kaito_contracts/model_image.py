@@ -37,7 +37,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,19 +48,23 @@ from kaito_contracts.oci import (
     ANNOTATION_TITLE,
     DATA_PREFIX,
     DOCKER_LAYER,
-    MEDIA_CONFIG,
     MEDIA_LAYER,
-    MEDIA_MANIFEST,
     Credentials,
     ImageRef,
     Registry,
     RegistryError,
+    _add_file,
     _entries,
-    _Hashing,
+    _file_mode,
+    _gzip_data_tar,
     _sha256,
     _tar_info,
     extract_data,
+    image_config,
+    image_manifest,
+    open_blob,
     push_blob,
+    push_manifest,
 )
 
 __all__ = [
@@ -199,26 +202,16 @@ def _small_files_layer(source: Path, files: Sequence[Path], workdir: Path) -> La
             for i in range(1, len(rel.parts) + 1)
         }
     )
-    with open(out_path, "wb") as out:
-        compressed = _Hashing(out)
-        with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, filename="") as gz:
-            plain = _Hashing(gz)
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tar_info(f"{DATA_PREFIX}/", directory=True))
-                for rel in dirs:
-                    tar.addfile(_tar_info(f"{DATA_PREFIX}/{rel.as_posix()}/", directory=True))
-                for path in files:
-                    stat = path.stat()
-                    name = f"{DATA_PREFIX}/{path.relative_to(source).as_posix()}"
-                    mode = 0o755 if stat.st_mode & 0o111 else 0o644
-                    with open(path, "rb") as f:
-                        info = _tar_info(name, directory=False, size=stat.st_size, mode=mode)
-                        tar.addfile(info, f)
+    with open(out_path, "wb") as out, _gzip_data_tar(out) as written:
+        for rel in dirs:
+            written.tar.addfile(_tar_info(f"{DATA_PREFIX}/{rel.as_posix()}/", directory=True))
+        for path in files:
+            _add_file(written.tar, path, f"{DATA_PREFIX}/{path.relative_to(source).as_posix()}")
     return Layer(
         media_type=MEDIA_LAYER,
-        digest="sha256:" + compressed.hash.hexdigest(),
-        size=compressed.size,
-        diff_id="sha256:" + plain.hash.hexdigest(),
+        digest=written.digest,
+        size=written.compressed.size,
+        diff_id=written.diff_id,
         title=DATA_PREFIX,
         open=lambda: open(out_path, "rb"),
     )
@@ -265,42 +258,20 @@ def build_model_image(
         layers.append(_small_files_layer(source, small, workdir))
         say("layer built", {"layer": DATA_PREFIX, "files": len(small), "bytes": layers[-1].size})
     for path in large:
-        stat = path.stat()
         name = f"{DATA_PREFIX}/{path.relative_to(source).as_posix()}"
-        mode = 0o755 if stat.st_mode & 0o111 else 0o644
-        layers.append(_file_layer(path, name, stat.st_size, mode))
+        layers.append(_file_layer(path, name, path.stat().st_size, _file_mode(path)))
         say("layer built", {"layer": name, "bytes": layers[-1].size, "digest": layers[-1].digest})
-    ordered = dict(sorted((labels or {}).items()))
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Labels": ordered},
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [{"created_by": f"kaito model package: {layer.title}"} for layer in layers],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": _sha256(config), "size": len(config)},
-            "layers": [
-                {
-                    "mediaType": layer.media_type,
-                    "digest": layer.digest,
-                    "size": layer.size,
-                    "annotations": {ANNOTATION_TITLE: layer.title},
-                }
-                for layer in layers
-            ],
-            "annotations": {"kaito.sh/artifact-type": MODEL_ARTIFACT_TYPE, **ordered},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
+    config = image_config(
+        labels,
+        [layer.diff_id for layer in layers],
+        [f"kaito model package: {layer.title}" for layer in layers],
+    )
+    manifest = image_manifest(
+        config,
+        [(layer.media_type, layer.digest, layer.size, layer.title) for layer in layers],
+        MODEL_ARTIFACT_TYPE,
+        labels,
+    )
     return ModelImage(
         layers=tuple(layers),
         config=config,
@@ -343,20 +314,7 @@ def push_model_image(
             {"layer": layer.title, "digest": layer.digest, "bytes": layer.size},
         )
     push_blob(reg, ref, image.config_digest, len(image.config), lambda: image.config)
-    resp = reg.request(
-        "PUT",
-        f"/v2/{ref.repository}/manifests/{ref.tag}",
-        scope=f"repository:{ref.repository}:pull,push",
-        ok=(201,),
-        headers={"Content-Type": MEDIA_MANIFEST},
-        data=lambda: image.manifest,
-    )
-    resp.body.close()
-    digest = resp.headers.get("Docker-Content-Digest") or image.manifest_digest
-    if digest != image.manifest_digest:
-        raise reg._fail(
-            "RegistryError", f"the registry stored manifest {digest}, not {image.manifest_digest}"
-        )
+    digest = push_manifest(reg, ref, image.manifest)
     say("manifest pushed", {"digest": digest, "image": str(ref)})
     return digest
 
@@ -427,11 +385,7 @@ def fetch_layer(
     its sha256 and size as it arrives; the number of files. `RegistryError`
     ``DigestMismatch`` when the bytes differ (what it wrote is then not to be trusted:
     the caller fetches the layer again)."""
-    resp = reg.request(
-        "GET",
-        f"/v2/{ref.repository}/blobs/{layer.digest}",
-        scope=f"repository:{ref.repository}:pull",
-    )
+    resp = open_blob(reg, ref, layer.digest)
     with contextlib.closing(resp.body):
         stream = _Verifying(resp.body, on_bytes)
         try:

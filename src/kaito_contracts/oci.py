@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -108,6 +109,22 @@ class RegistryError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+    def termination_line(self, action: str, image: str) -> str:
+        """``<Reason>: <action> <image>: <message>`` (the prefix only once): what a
+        pusher or puller leaves as its container's termination message."""
+        message = self.message
+        if not message.startswith(f"{action} "):
+            message = f"{action} {image}: {message}"
+        return f"{self.reason}: {message}"
+
+
+def write_termination(path: Path, line: str) -> None:
+    """``line`` on stderr and in the termination-message file ``path`` (kubelet shows it
+    on the pod); no such file outside a pod is fine, stderr carries it."""
+    print(line, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        path.write_text(line + "\n")
 
 
 # -- references and credentials ------------------------------------------------------------
@@ -486,6 +503,91 @@ def _tar_info(name: str, *, directory: bool, size: int = 0, mode: int = 0o644) -
     return info
 
 
+def _file_mode(path: Path) -> int:
+    """0o755 for an executable file, else 0o644 (the only modes a layer member keeps)."""
+    return 0o755 if path.stat().st_mode & 0o111 else 0o644
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
+    """Add the regular file ``path`` to ``tar`` as ``name`` (normalised owner and time)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        tar.addfile(_tar_info(name, directory=False, size=size, mode=_file_mode(path)), f)
+
+
+@dataclass
+class _GzipData:
+    """What `_gzip_data_tar` wrote: the tar to fill and, once closed, its two hashes."""
+
+    tar: tarfile.TarFile
+    compressed: _Hashing
+    plain: _Hashing
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.compressed.hash.hexdigest()
+
+    @property
+    def diff_id(self) -> str:
+        return "sha256:" + self.plain.hash.hexdigest()
+
+
+@contextlib.contextmanager
+def _gzip_data_tar(out: _Writer) -> Iterator[_GzipData]:
+    """A reproducible tar+gzip layer written to ``out``, its ``data/`` folder already in."""
+    compressed = _Hashing(out)
+    with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, filename="") as gz:
+        plain = _Hashing(gz)
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_tar_info(f"{DATA_PREFIX}/", directory=True))
+            yield _GzipData(tar, compressed, plain)
+
+
+def image_config(
+    labels: Mapping[str, str] | None, diff_ids: list[str], history: list[str]
+) -> bytes:
+    """An image config's canonical bytes: amd64/linux, ``labels``, one history entry a layer."""
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Labels": dict(sorted((labels or {}).items()))},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created_by": h} for h in history],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def image_manifest(
+    config: bytes,
+    layers: list[tuple[str, str, int, str]],
+    artifact_type: str,
+    labels: Mapping[str, str] | None,
+) -> bytes:
+    """An image manifest's canonical bytes; ``layers`` as (media type, digest, size, title)."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": _sha256(config), "size": len(config)},
+            "layers": [
+                {
+                    "mediaType": media_type,
+                    "digest": digest,
+                    "size": size,
+                    "annotations": {ANNOTATION_TITLE: title},
+                }
+                for media_type, digest, size, title in layers
+            ],
+            "annotations": {"kaito.sh/artifact-type": artifact_type, **dict(labels or {})},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
 def _entries(source: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(source):
         dirs.sort()
@@ -509,60 +611,31 @@ def build_adapter_image(
     workdir.mkdir(parents=True, exist_ok=True)
     layer = workdir / "layer.tar.gz"
     with open(layer, "wb") as out:
-        compressed = _Hashing(out)
-        with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, filename="") as gz:
-            plain = _Hashing(gz)
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tar_info(f"{DATA_PREFIX}/", directory=True))
-                files = 0
-                for path in _entries(source):
-                    rel = path.relative_to(source).as_posix()
-                    name = f"{DATA_PREFIX}/{rel}"
-                    if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                        raise RegistryError(
-                            "InvalidAdapter", f"{path}: not a regular file or folder"
-                        )
-                    if path.is_dir():
-                        tar.addfile(_tar_info(name + "/", directory=True))
-                        continue
-                    stat = path.stat()
-                    mode = 0o755 if stat.st_mode & 0o111 else 0o644
-                    with open(path, "rb") as f:
-                        tar.addfile(
-                            _tar_info(name, directory=False, size=stat.st_size, mode=mode), f
-                        )
-                    files += 1
+        with _gzip_data_tar(out) as written:
+            files = 0
+            for path in _entries(source):
+                name = f"{DATA_PREFIX}/{path.relative_to(source).as_posix()}"
+                if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                    raise RegistryError("InvalidAdapter", f"{path}: not a regular file or folder")
+                if path.is_dir():
+                    written.tar.addfile(_tar_info(name + "/", directory=True))
+                    continue
+                _add_file(written.tar, path, name)
+                files += 1
         if files == 0:
             raise RegistryError("InvalidAdapter", f"{source} holds no file to push")
-    diff_id = "sha256:" + plain.hash.hexdigest()
-    digest = "sha256:" + compressed.hash.hexdigest()
-    config_obj = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Labels": dict(sorted((labels or {}).items()))},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "kaito_tuning.push: the adapter under /data"}],
-    }
-    config = json.dumps(config_obj, sort_keys=True, separators=(",", ":")).encode()
-    manifest_obj = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": _sha256(config), "size": len(config)},
-        "layers": [
-            {
-                "mediaType": MEDIA_LAYER,
-                "digest": digest,
-                "size": compressed.size,
-                "annotations": {ANNOTATION_TITLE: DATA_PREFIX},
-            }
-        ],
-        "annotations": {"kaito.sh/artifact-type": ADAPTER_ARTIFACT_TYPE, **dict(labels or {})},
-    }
-    manifest = json.dumps(manifest_obj, sort_keys=True, separators=(",", ":")).encode()
+    diff_id, digest = written.diff_id, written.digest
+    config = image_config(labels, [diff_id], ["kaito_tuning.push: the adapter under /data"])
+    manifest = image_manifest(
+        config,
+        [(MEDIA_LAYER, digest, written.compressed.size, DATA_PREFIX)],
+        ADAPTER_ARTIFACT_TYPE,
+        labels,
+    )
     return AdapterImage(
         layer=layer,
         layer_digest=digest,
-        layer_size=compressed.size,
+        layer_size=written.compressed.size,
         diff_id=diff_id,
         config=config,
         manifest=manifest,
@@ -634,22 +707,35 @@ def push_image(
     finally:
         for f in files:
             f.close()
+    digest = push_manifest(reg, ref, image.manifest)
+    say("manifest pushed", {"digest": digest, "image": str(ref)})
+    return digest
+
+
+def push_manifest(reg: Registry, ref: ImageRef, manifest: bytes) -> str:
+    """PUT ``manifest`` under ``ref``'s tag (after its blobs); its digest, checked against
+    what the registry says it stored."""
+    want = _sha256(manifest)
     resp = reg.request(
         "PUT",
         f"/v2/{ref.repository}/manifests/{ref.tag}",
         scope=f"repository:{ref.repository}:pull,push",
         ok=(201,),
         headers={"Content-Type": MEDIA_MANIFEST},
-        data=lambda: image.manifest,
+        data=lambda: manifest,
     )
     resp.body.close()
-    digest = resp.headers.get("Docker-Content-Digest") or image.manifest_digest
-    if digest != image.manifest_digest:
-        raise reg._fail(
-            "RegistryError", f"the registry stored manifest {digest}, not {image.manifest_digest}"
-        )
-    say("manifest pushed", {"digest": digest, "image": str(ref)})
+    digest = resp.headers.get("Docker-Content-Digest") or want
+    if digest != want:
+        raise reg._fail("RegistryError", f"the registry stored manifest {digest}, not {want}")
     return digest
+
+
+def open_blob(reg: Registry, ref: ImageRef, digest: str) -> _Response:
+    """GET one blob of ``ref``'s repository (the caller reads and closes its body)."""
+    return reg.request(
+        "GET", f"/v2/{ref.repository}/blobs/{digest}", scope=f"repository:{ref.repository}:pull"
+    )
 
 
 # -- pulling -------------------------------------------------------------------------------
@@ -768,11 +854,7 @@ def pull_adapter(
             kind, digest = str(layer.get("mediaType")), str(layer.get("digest"))
             if kind not in _GZIP_LAYERS:
                 raise reg._fail("InvalidAdapterImage", f"layer {digest} is {kind}, not tar+gzip")
-            resp = reg.request(
-                "GET",
-                f"/v2/{ref.repository}/blobs/{digest}",
-                scope=f"repository:{ref.repository}:pull",
-            )
+            resp = open_blob(reg, ref, digest)
             with tempfile.TemporaryFile(dir=dest.parent) as blob, contextlib.closing(resp.body):
                 h, size = hashlib.sha256(), 0
                 while chunk := resp.body.read(_CHUNK):

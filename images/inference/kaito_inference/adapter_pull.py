@@ -24,7 +24,6 @@ says ``<Reason>: pulling <image>: <what to fix>``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,14 @@ from pathlib import Path
 
 import structlog
 
-from kaito_contracts.oci import Credentials, ImageRef, RegistryError, load_credentials, pull_adapter
+from kaito_contracts.oci import (
+    Credentials,
+    ImageRef,
+    RegistryError,
+    load_credentials,
+    pull_adapter,
+    write_termination,
+)
 
 from . import logs
 
@@ -119,14 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.image, args.dest, args.docker_config, plain_http=True if args.plain_http else None
         )
     except RegistryError as e:
-        message = (
-            e.message if e.message.startswith("pulling ") else f"pulling {args.image}: {e.message}"
-        )
-        log.error("adapter pull failed", reason=e.reason, error=message)
-        text = f"{e.reason}: {message}"
-        print(text, file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):  # no such file outside a pod: stderr carries it
-            args.termination_log.write_text(text + "\n")
+        line = e.termination_line("pulling", args.image)
+        log.error("adapter pull failed", reason=e.reason, error=line.partition(": ")[2])
+        write_termination(args.termination_log, line)
         return 3 if e.reason in FINAL else 1
     return 0
 

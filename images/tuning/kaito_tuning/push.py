@@ -30,7 +30,6 @@ the Workspace by the controller) say ``<Reason>: pushing <image>: <what to fix>`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from kaito_contracts.oci import (
     build_adapter_image,
     load_credentials,
     push_image,
+    write_termination,
 )
 
 from . import logs
@@ -130,13 +130,6 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _terminate(path: Path, message: str) -> None:
-    """The termination message: kubelet reads it when the container ends."""
-    print(message, file=sys.stderr, flush=True)
-    with contextlib.suppress(OSError):  # no such file outside a pod: stderr carries it
-        path.write_text(message + "\n")
-
-
 def push(
     *,
     image: str,
@@ -176,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         labels = _labels(args.label)
     except ValueError as e:
-        _terminate(args.termination_log, f"InvalidArgument: {e}")
+        write_termination(args.termination_log, f"InvalidArgument: {e}")
         return 2
     try:
         if args.wait_for is not None:
@@ -191,14 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except TuningFailed as e:
         log.error("not pushed", reason="TuningFailed", error=str(e))
-        _terminate(args.termination_log, f"TuningFailed: {e}")
+        write_termination(args.termination_log, f"TuningFailed: {e}")
         return 1
     except RegistryError as e:
-        message = (
-            e.message if e.message.startswith("pushing ") else f"pushing {args.image}: {e.message}"
-        )
-        log.error("push failed", reason=e.reason, error=message)
-        _terminate(args.termination_log, f"{e.reason}: {message}")
+        line = e.termination_line("pushing", args.image)
+        log.error("push failed", reason=e.reason, error=line.partition(": ")[2])
+        write_termination(args.termination_log, line)
         return 3 if e.reason in FINAL else 1
     log.info("adapter pushed", image=args.image, digest=digest, labels=labels)
     return 0

@@ -18,7 +18,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -46,6 +46,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cache-dir", type=Path, required=True, help="the model cache (a hostPath on nodes)"
     )
+    add_common_arguments(p, attempts="download")
+    return parse_checked(p, argv, _check)
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not _REPO.match(args.repo):
+        p.error(f"--repo {args.repo!r}: expected org/name (letters, digits, ._-)")
+    if not args.revision or args.revision.startswith("/") or ".." in args.revision:
+        p.error(f"--revision {args.revision!r}: expected a commit sha or a branch name")
+
+
+def add_common_arguments(p: argparse.ArgumentParser, *, attempts: str) -> None:
+    """The options both fetchers take: failure report, retries, progress and logs."""
     p.add_argument(
         "--termination-log",
         type=Path,
@@ -53,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"where a failure's one-line reason goes (default {DEFAULT_TERMINATION_LOG} "
         "when writable, else nowhere)",
     )
-    p.add_argument("--max-attempts", type=int, default=5, help="download attempts; default 5")
+    p.add_argument("--max-attempts", type=int, default=5, help=f"{attempts} attempts; default 5")
     p.add_argument(
         "--retry-wait", type=float, default=2.0, help="seconds before the first retry, doubling"
     )
@@ -68,11 +81,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"token and ca.crt for the progress annotation (default {DEFAULT_SERVICEACCOUNT_DIR})",
     )
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+
+
+def parse_checked(
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
+) -> argparse.Namespace:
+    """Parse ``argv``, run the fetcher's own ``check`` (it calls ``p.error``), then the
+    common ones."""
     args = p.parse_args(argv)
-    if not _REPO.match(args.repo):
-        p.error(f"--repo {args.repo!r}: expected org/name (letters, digits, ._-)")
-    if not args.revision or args.revision.startswith("/") or ".." in args.revision:
-        p.error(f"--revision {args.revision!r}: expected a commit sha or a branch name")
+    check(p, args)
     if args.max_attempts < 1:
         p.error("--max-attempts: must be >= 1")
     return args

@@ -58,9 +58,9 @@ from kaito_contracts.model_image import LayerRef, fetch_layer, model_layers, wal
 from kaito_contracts.oci import ImageRef, Registry, RegistryError, resolve_manifest
 from kaito_inference import logs
 from kaito_inference.adapter_pull import credentials_for
-from kaito_inference.fetch.cli import _terminate
+from kaito_inference.fetch.cli import _terminate, add_common_arguments, parse_checked
 from kaito_inference.fetch.download import MARKER, FetchError, Reason, _completed, _exclusive
-from kaito_inference.fetch.podreport import DEFAULT_SERVICEACCOUNT_DIR, PodAnnotator
+from kaito_inference.fetch.podreport import PodAnnotator
 from kaito_inference.fetch.progress import ProgressSink
 
 __all__ = ["ImagePull", "image_target", "main", "parse_args", "pull_image"]
@@ -400,22 +400,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--plain-http", action="store_true",
         help="http instead of https (default: only for 127.0.0.1 and localhost)",
     )  # fmt: skip
-    p.add_argument("--termination-log", type=Path, default=None)
-    p.add_argument("--max-attempts", type=int, default=5, help="pull attempts; default 5")
-    p.add_argument("--retry-wait", type=float, default=2.0, help="seconds before a retry, doubling")
     p.add_argument("--workers", type=int, default=4, help="layers fetched at once; default 4")
-    p.add_argument("--progress-interval", type=float, default=2.0, help="log line every N s")
-    p.add_argument("--report-interval", type=float, default=5.0, help="pod annotation every N s")
-    p.add_argument("--serviceaccount-dir", type=Path, default=DEFAULT_SERVICEACCOUNT_DIR)
-    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
-    args = p.parse_args(argv)
+    add_common_arguments(p, attempts="pull")
+    return parse_checked(p, argv, _check)
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         ImageRef.parse(args.image)
     except RegistryError as e:
         p.error(f"--image: {e.message}")
-    if args.max_attempts < 1:
-        p.error("--max-attempts: must be >= 1")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

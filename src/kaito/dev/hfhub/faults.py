@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from kaito.runtime.faults import FaultQueue, fault_fields, fault_json
 
 __all__ = ["Fault", "FaultInjector", "FaultKind", "Scope"]
 
@@ -72,10 +74,9 @@ class Fault:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fault:
-        allowed = {"kind", "scope", "path", "times", "status", "after_bytes", "bytes_per_second"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        fault_fields(
+            data, {"kind", "scope", "path", "times", "status", "after_bytes", "bytes_per_second"}
+        )
         if "kind" not in data:
             raise ValueError(f"kind: required, one of {[str(k) for k in FaultKind]}")
         if data["kind"] == FaultKind.SLOW and "times" not in data:
@@ -83,7 +84,7 @@ class Fault:
         return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, enum.Enum) else v for k, v in asdict(self).items()}
+        return fault_json(self)
 
     def matches(self, scope: Scope, file: str | None, *, content: bool) -> bool:
         if self.kind is not FaultKind.SERVER_ERROR and not content:
@@ -96,28 +97,12 @@ class Fault:
         return self.path is None or (file is not None and fnmatch.fnmatch(file, self.path))
 
 
-class FaultInjector:
-    """The active faults, first match wins; a fault is dropped when its ``times`` run out."""
-
-    def __init__(self) -> None:
-        self.faults: list[Fault] = []
-
-    def add(self, fault: Fault) -> Fault:
-        self.faults.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        self.faults.clear()
+class FaultInjector(FaultQueue[Fault]):
+    """The active faults (`FaultQueue`: first match wins, dropped when ``times`` run out)."""
 
     def take(
         self, scope: Scope, file: str | None, *, content: bool, kinds: tuple[FaultKind, ...]
     ) -> Fault | None:
-        for fault in self.faults:
-            if fault.kind in kinds and fault.matches(scope, file, content=content):
-                fault.hits += 1
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                return fault
-        return None
+        return self.take_first(
+            lambda f: f.kind in kinds and f.matches(scope, file, content=content)
+        )

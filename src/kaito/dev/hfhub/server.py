@@ -46,6 +46,7 @@ from aiohttp import web
 
 from kaito.dev.hfhub.faults import Fault, FaultInjector, FaultKind, Scope
 from kaito.dev.hfhub.store import Commit, HubStore, RepoFile, RepoNotFound, RevisionNotFound
+from kaito.runtime.faults import add_fault_routes
 from kaito.runtime.httpserver import HttpServer
 
 __all__ = ["HubEmulator", "RecordedRequest"]
@@ -161,8 +162,7 @@ class HubEmulator:
         r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self._resolve, name="resolve")
         r.add_get("/_emulator/requests", self._control_requests)
         r.add_get("/_emulator/state", self._control_state)
-        r.add_post("/_emulator/faults", self._control_add_fault)
-        r.add_delete("/_emulator/faults", self._control_clear_faults)
+        add_fault_routes(r, self.faults, Fault.from_json)
         r.add_post("/_emulator/repos", self._control_publish)
         cdn = web.Application(middlewares=[self._middleware])
         cdn.router.add_get("/repos/{repo_dir}/{sha256}", self._blob, name="cdn")
@@ -529,18 +529,6 @@ class HubEmulator:
                 "bytesSent": self.bytes_sent(),
             }
         )
-
-    async def _control_add_fault(self, request: web.Request) -> web.Response:
-        try:
-            fault = Fault.from_json(await request.json())
-        except (ValueError, TypeError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        self.inject(fault)
-        return web.json_response(fault.to_json(), status=201)
-
-    async def _control_clear_faults(self, request: web.Request) -> web.Response:
-        self.clear_faults()
-        return web.Response(status=204)
 
     async def _control_publish(self, request: web.Request) -> web.Response:
         try:

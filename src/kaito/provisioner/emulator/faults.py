@@ -21,8 +21,10 @@ the same fields as JSON to ``/_emulator/faults``.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from kaito.runtime.faults import FaultQueue, fault_fields, fault_json
 
 __all__ = ["ALLOCATION_FAILED", "Fault", "FaultInjector", "FaultKind", "Op", "arm_answer"]
 
@@ -77,14 +79,13 @@ class Fault:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fault:
-        allowed = {"kind", "op", "pool", "vm_size", "times", "retry_after", "code", "message"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        fault_fields(
+            data, {"kind", "op", "pool", "vm_size", "times", "retry_after", "code", "message"}
+        )
         return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, enum.Enum) else v for k, v in asdict(self).items()}
+        return fault_json(self)
 
     def matches(self, op: Op, pool: str | None, vm_size: str | None) -> bool:
         if self.op is not Op.ANY and self.op is not op:
@@ -96,29 +97,11 @@ class Fault:
         )
 
 
-class FaultInjector:
-    """The active faults, first match wins; a fault is dropped when its ``times`` run out."""
-
-    def __init__(self) -> None:
-        self.faults: list[Fault] = []
-
-    def add(self, fault: Fault) -> Fault:
-        self.faults.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        self.faults.clear()
+class FaultInjector(FaultQueue[Fault]):
+    """The active faults (`FaultQueue`: first match wins, dropped when ``times`` run out)."""
 
     def take(self, op: Op, pool: str | None = None, vm_size: str | None = None) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(op, pool, vm_size):
-                fault.hits += 1
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                return fault
-        return None
+        return self.take_first(lambda f: f.matches(op, pool, vm_size))
 
 
 # What ARM answers for each fault (status, code, message); messages are ARM's own

@@ -50,6 +50,7 @@ from kaito.provisioner.emulator.state import (
 )
 from kaito.runtime.certwatcher import CertWatcher
 from kaito.runtime.client import Client
+from kaito.runtime.faults import add_fault_routes
 from kaito.runtime.httpserver import HttpServer
 
 __all__ = ["AKSEmulator", "EmulatorConfig", "RecordedRequest"]
@@ -120,8 +121,7 @@ class AKSEmulator:
         app = web.Application(middlewares=[self._arm.middleware])
         self._arm.add_routes(app.router)
         app.router.add_get("/_emulator/state", self._control_state)
-        app.router.add_post("/_emulator/faults", self._control_add_fault)
-        app.router.add_delete("/_emulator/faults", self._control_clear_faults)
+        add_fault_routes(app.router, self.faults, Fault.from_json)
         self._http = HttpServer(
             app, host=self.host, port=self.port, tls=self.tls, name="aks-emulator"
         )
@@ -203,15 +203,3 @@ class AKSEmulator:
                 "time": datetime.now(UTC).isoformat(),
             }
         )
-
-    async def _control_add_fault(self, request: web.Request) -> web.Response:
-        try:
-            fault = Fault.from_json(await request.json())
-        except (ValueError, TypeError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        self.inject(fault)
-        return web.json_response(fault.to_json(), status=201)
-
-    async def _control_clear_faults(self, request: web.Request) -> web.Response:
-        self.clear_faults()
-        return web.Response(status=204)
