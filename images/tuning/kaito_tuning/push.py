@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class TuningFailed(Exception):
-    pass
+    """The tuning container wrote its failure marker: there is nothing to push."""
 
 
 def wait_for_tuning(done: Path, failed: Path | None, *, poll: float, max_wait: float) -> None:

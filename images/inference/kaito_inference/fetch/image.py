@@ -168,7 +168,7 @@ class _Meter:
 
 
 class _Transient(Exception):
-    pass
+    """A failure another attempt may cure (a reset, a 5xx): retried, then DownloadFailed."""
 
 
 def _classify(e: RegistryError) -> FetchError | _Transient:

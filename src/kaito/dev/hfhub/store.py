@@ -54,11 +54,11 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
 
 class RepoNotFound(LookupError):
-    pass
+    """No repository of that id: the hub answers 404 ``RepoNotFound`` (401 without a token)."""
 
 
 class RevisionNotFound(LookupError):
-    pass
+    """The repository has no such branch or commit: the hub answers 404 ``RevisionNotFound``."""
 
 
 @dataclass(frozen=True)
