@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build (once per machine) the Kubernetes v1.20.2 control plane from Debian bookworm's
-# `kubernetes` source package, and fetch etcd from Debian. Binaries are cached outside
+# Build (once per machine) the Kubernetes v1.20.2 control plane and the node binaries
+# (kubelet, kube-proxy) from Debian bookworm's `kubernetes` source package, and fetch
+# etcd from Debian. Binaries are cached outside
 # the repository, keyed by the source version, so only the first run pays for the build.
 #
 #   hack/local-cluster.sh build     build-or-reuse; prints the binary folder
@@ -21,10 +22,17 @@ START=$(date +%s)
 
 step() { printf '[local-cluster %4ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 
+# The Go commands built from the source tree; etcd comes from Debian's packages.
+K8S_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
+
+missing_commands() {
+  local b out=()
+  for b in $K8S_COMMANDS; do [ -x "$BIN_DIR/$b" ] || out+=("$b"); done
+  echo "${out[*]:-}"
+}
+
 have_binaries() {
-  for b in kube-apiserver kube-controller-manager kube-scheduler etcd etcdctl; do
-    [ -x "$BIN_DIR/$b" ] || return 1
-  done
+  [ -x "$BIN_DIR/etcd" ] && [ -x "$BIN_DIR/etcdctl" ] && [ -z "$(missing_commands)" ]
 }
 
 private_apt() {
@@ -108,13 +116,16 @@ build() {
     src=$(find "$WORK" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
     vendor_fix "$src"
   fi
-  step "compiling kube-apiserver, kube-controller-manager, kube-scheduler (about 8-10 min on 2 cores)"
+  local missing what="" b
+  missing=$(missing_commands)
+  for b in $missing; do what="$what cmd/$b"; done
+  step "compiling$what (about 8-10 min on 2 cores for all five, ~5 min for kubelet + kube-proxy)"
   ( while sleep 30; do step "... still compiling"; done ) & TICKER=$!
   trap 'kill "${TICKER:-}" 2>/dev/null || true' EXIT
   (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=vendor KUBE_VERBOSE=0 \
-     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >&2)
+     make WHAT="${what# }" >&2)
   kill "$TICKER" 2>/dev/null || true
-  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+  for b in $missing; do
     cp "$src/_output/local/bin/linux/"*/"$b" "$BIN_DIR/$b" 2>/dev/null \
       || cp "$src/_output/bin/$b" "$BIN_DIR/$b"
   done
