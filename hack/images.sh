@@ -2,7 +2,7 @@
 # The tools `make images` builds and pushes with, from Debian (no Docker daemon): buildah
 # builds the Dockerfiles, skopeo reads images back from a registry, debootstrap makes the
 # local base image (Debian bookworm minbase) from Debian's archive. Installed with apt
-# once per machine (root); src/kaito/dev/images.py keeps buildah's storage, its policy
+# once per machine (root); src/kaito_dev/images.py keeps buildah's storage, its policy
 # and its registries configuration under the kaito cache, not in /etc/containers.
 #
 #   hack/images.sh tools    install what is missing; prints the tools' versions

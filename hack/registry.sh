@@ -2,7 +2,7 @@
 # Fetch (once per machine) Debian bookworm's `docker-registry` (CNCF distribution 2.8)
 # into a cache folder, as hack/prometheus.sh fetches Prometheus: nothing installed
 # system-wide, no service started. `kaito dev up` and the test fixtures run it on
-# 127.0.0.1 (src/kaito/dev/registry.py).
+# 127.0.0.1 (src/kaito_dev/registry.py).
 #
 #   hack/registry.sh          fetch-or-reuse; the last line of stdout is the binary's path
 #   hack/registry.sh bindir   print the binary folder (no fetch)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
+from kaito_dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -1,4 +1,9 @@
-"""``kaito dev up|down|status``: the local development cluster.
+"""``kaito dev ...`` (``python -m kaito_dev``): the local development cluster and its tools.
+
+``kaito dev`` is this package's command. The production ``kaito`` command (the
+controller image's entrypoint) does not contain it: `kaito.cli` hands ``kaito dev ...``
+to ``python -m kaito_dev`` as a separate process, so the controllers never import the
+development tooling and the image does not ship it.
 
 ``up`` builds-or-reuses the control-plane binaries (first build ~10 min, with progress),
 starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler on free loopback
@@ -10,13 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kaito.dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState, stop_pids
-from kaito.dev.demo import DemoResult, run_quick_start
-from kaito.dev.stack import start_stack
+from kaito_dev.controlplane import ControlPlane, ControlPlaneError, ControlPlaneState, stop_pids
+from kaito_dev.demo import DemoResult, run_quick_start
+from kaito_dev.stack import start_stack
 
 DEFAULT_DIR = Path(".kaito/dev")
 
@@ -39,8 +46,8 @@ def add_commands(sub: Any) -> None:
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     status.set_defaults(func=cmd_status)
-    from kaito.dev import images
-    from kaito.dev.nodeagent import cli as node_agent_cli
+    from kaito_dev import images
+    from kaito_dev.nodeagent import cli as node_agent_cli
 
     images.add_arguments(
         sub.add_parser("images", help="build the three images with buildah and push them")
@@ -49,7 +56,14 @@ def add_commands(sub: Any) -> None:
     node_agent_cli.add_arguments(
         sub.add_parser("node-agent", help="run pods bound to emulated GPU nodes as local processes")
     )
-    from kaito.dev.hfhub import cli as hf_hub_cli
+    from kaito_dev.aks import cli as aks_cli
+    from kaito_dev.hfhub import cli as hf_hub_cli
+
+    aks_cli.add_arguments(
+        sub.add_parser(
+            "aks-emulator", help="serve an emulated AKS agent-pool API that registers Nodes"
+        )
+    )
 
     hf_hub_cli.add_arguments(
         sub.add_parser("hf-hub", help="serve a Hugging Face hub emulator (HF_ENDPOINT) with faults")
@@ -168,3 +182,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaito dev", description="the local development cluster and its tools"
+    )
+    add_commands(parser.add_subparsers(dest="dev_command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kaito.runtime import log as runtime_log
+
+    runtime_log.configure()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

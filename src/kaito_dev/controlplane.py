@@ -31,9 +31,9 @@ import yaml
 
 from kaito.runtime.pki import CertificateAuthority, write_rsa_keypair
 
-log = structlog.get_logger("kaito.dev.controlplane")
+log = structlog.get_logger("kaito_dev.controlplane")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "local-cluster.sh"
 ADMIN_TOKEN_NAME = "admin"
 SERVICE_CIDR = "10.96.0.0/16"

@@ -39,10 +39,10 @@ import yaml
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES, PODS, SERVICES
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneState
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 CHAT_PROMPT = "What is Kubernetes?"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError
 from kaito.runtime.client import Client
 from kaito.runtime.resource import SERVICEACCOUNTS
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError
 
 __all__ = [
     "CONTROLLERS",

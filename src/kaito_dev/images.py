@@ -15,7 +15,7 @@ same Dockerfiles with Debian's ``buildah`` on a base made with ``debootstrap``:
    (vLLM's CPU build, torch's local CPU wheel);
 4. push: ``<registry>/kaito-python/{controller,inference,tuning}:<version>``, to the
    given registry (``--registry``, e.g. an ACR login server after ``buildah login``) or
-   to a local ``docker-registry`` this command starts (``kaito.dev.registry``).
+   to a local ``docker-registry`` this command starts (``kaito_dev.registry``).
 
 buildah's storage, run root, signature policy and registries configuration live under
 ``$KAITO_CACHE/images`` (nothing read from or written to /etc/containers). Progress
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import structlog
 
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError
-from kaito.dev.registry import LocalRegistry
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError
+from kaito_dev.registry import LocalRegistry
 
 __all__ = [
     "IMAGES",
@@ -55,7 +55,7 @@ __all__ = [
     "project_version",
 ]
 
-log = structlog.get_logger("kaito.dev.images")
+log = structlog.get_logger("kaito_dev.images")
 
 TOOLS_SCRIPT = REPO_ROOT / "hack" / "images.sh"
 SOURCE_URL = "https://github.com/kaito-project/kaito-python"

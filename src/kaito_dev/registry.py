@@ -36,11 +36,11 @@ import bcrypt
 import structlog
 import yaml
 
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, free_port
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError, free_port
 
 __all__ = ["LocalRegistry", "docker_config_json", "registry_binary"]
 
-log = structlog.get_logger("kaito.dev.registry")
+log = structlog.get_logger("kaito_dev.registry")
 
 FETCH_SCRIPT = REPO_ROOT / "hack" / "registry.sh"
 

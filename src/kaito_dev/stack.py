@@ -2,7 +2,7 @@
 the AKS emulator, a Hugging Face hub emulator, controllers, node agent.
 
 The hub emulator serves the node agent's tiny stand-in model under every preset's repo
-at the preset's pinned revision (`kaito.dev.hfhub.presets`), and the node agent points
+at the preset's pinned revision (`kaito_dev.hfhub.presets`), and the node agent points
 the ``fetch-weights`` init containers at it: the weights take the real fetch path, only
 the bytes are a stand-in (the hub's log and the demo say so).
 
@@ -27,16 +27,16 @@ from typing import Any
 
 import yaml
 
-from kaito.dev import identities
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState, free_port
-from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos
-from kaito.dev.nodeagent.agent import DEFAULT_PYTHON, PYTHONPATH
-from kaito.dev.nodeagent.env import CPU_ENV
-from kaito.dev.nodeagent.model import StandInModel
-from kaito.dev.registry import LocalRegistry
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import AlreadyExists
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS
+from kaito_dev import identities
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState, free_port
+from kaito_dev.hfhub.presets import DEV_TOKEN, preset_repos
+from kaito_dev.nodeagent.agent import DEFAULT_PYTHON, PYTHONPATH
+from kaito_dev.nodeagent.env import CPU_ENV
+from kaito_dev.nodeagent.model import StandInModel
+from kaito_dev.registry import LocalRegistry
 
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 
@@ -92,9 +92,12 @@ class Stack:
         }
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+        """Start ``kaito <args>``; ``dev ...`` runs this package directly (`kaito.cli`
+        would hand it over with an exec anyway)."""
+        command = ["-m", "kaito_dev", *args[1:]] if args[0] == "dev" else ["-m", "kaito.cli", *args]
         with open(self.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "kaito.cli", *args],
+                [sys.executable, *command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -41,11 +41,11 @@ import contextlib
 
 from foo_common import CRD, GROUP, KIND, PLURAL, VERSION
 
-from kaito.dev.controlplane import ControlPlane, free_port
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
 from kaito.runtime.informer import Informer
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NAMESPACES, Resource
+from kaito_dev.controlplane import ControlPlane, free_port
 
 FOOS = Resource(GROUP, VERSION, PLURAL, KIND)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -36,10 +36,10 @@ import yaml
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneState
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import NODES, PODS
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneState
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 NS = "default"
@@ -191,7 +191,7 @@ def main() -> int:
     p.add_argument("--dir", type=Path, default=Path(".kaito/bench-workspace"))
     p.add_argument("--out", type=Path, default=Path(".kaito/bench-workspace.md"))
     args = p.parse_args()
-    kaito = [sys.executable, "-m", "kaito.cli", "dev"]
+    kaito = [sys.executable, "-m", "kaito_dev"]
     say("starting the local stack (kaito dev up)")
     subprocess.run([*kaito, "up", "--dir", str(args.dir)], check=True)
     try:

@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kaito.dev.controlplane import free_port
+from kaito_dev.controlplane import free_port
 
 __all__ = [
     "Prometheus",

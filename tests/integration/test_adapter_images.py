@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev.controlplane import free_port
-from kaito.dev.registry import LocalRegistry, docker_config_json
+from kaito_dev.controlplane import free_port
+from kaito_dev.registry import LocalRegistry, docker_config_json
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv-inference" / "bin" / "python"

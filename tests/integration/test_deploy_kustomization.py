@@ -30,8 +30,6 @@ from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
 )
-from kaito.dev.controlplane import free_port
-from kaito.dev.identities import CONTROLLERS, service_account_kubeconfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
 from kaito.runtime.resource import (
@@ -40,6 +38,8 @@ from kaito.runtime.resource import (
     NAMESPACES,
     SECRETS,
 )
+from kaito_dev.controlplane import free_port
+from kaito_dev.identities import CONTROLLERS, service_account_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

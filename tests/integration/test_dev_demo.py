@@ -21,9 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kaito.dev.hfhub.presets import LOCAL_MARKERS
-from kaito.dev.stack import stand_in_model_dir
 from kaito.presets.catalog import load_catalog
+from kaito_dev.hfhub.presets import LOCAL_MARKERS
+from kaito_dev.stack import stand_in_model_dir
 
 
 def _alive(pid: int) -> bool:
@@ -56,7 +56,7 @@ def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
     state_dir = tmp_path / "dev"
     pids: dict[str, int] = {}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kaito.cli", "dev", "demo", "--down", "--dir", str(state_dir)],
+        [sys.executable, "-m", "kaito_dev", "demo", "--down", "--dir", str(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

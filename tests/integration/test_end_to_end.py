@@ -39,8 +39,6 @@ import pytest
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
-from kaito.dev.controlplane import ControlPlaneState
-from kaito.dev.stack import read_env_file
 from kaito.presets.catalog import load_catalog
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.errors import NotFound
@@ -52,6 +50,8 @@ from kaito.runtime.resource import (
     PODS,
     SERVICES,
 )
+from kaito_dev.controlplane import ControlPlaneState
+from kaito_dev.stack import read_env_file
 from tests.integration.polling import poll_until
 from tests.integration.prometheus import start_prometheus
 
@@ -72,7 +72,7 @@ training_config:
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client]]:
     """`kaito dev up` in its own folder (its own control plane), `kaito dev down` after."""
     state_dir = tmp_path / "dev"
-    kaito = [sys.executable, "-m", "kaito.cli", "dev"]
+    kaito = [sys.executable, "-m", "kaito_dev"]
     up = await asyncio.to_thread(
         subprocess.run,
         [*kaito, "up", "--dir", str(state_dir)],

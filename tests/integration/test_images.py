@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.images import IMAGES, Builder, BuiltImage, build_all, project_version
-from kaito.dev.registry import LocalRegistry
+from kaito_dev.images import IMAGES, Builder, BuiltImage, build_all, project_version
+from kaito_dev.registry import LocalRegistry
 
 pytestmark = pytest.mark.timeout(3600)
 

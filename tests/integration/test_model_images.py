@@ -27,9 +27,9 @@ from kaito.api.workspace import Workspace
 from kaito.cli import main as kaito_main
 from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.podspec import weights_parts
-from kaito.dev.controlplane import free_port
-from kaito.dev.registry import LocalRegistry, docker_config_json
 from kaito.presets.catalog import load_catalog
+from kaito_dev.controlplane import free_port
+from kaito_dev.registry import LocalRegistry, docker_config_json
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv-inference" / "bin" / "python"

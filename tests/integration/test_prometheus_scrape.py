@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev.controlplane import free_port
+from kaito_dev.controlplane import free_port
 from tests.integration.prometheus import start_prometheus
 from tests.integration.provisioner.conftest import machine_crd  # noqa: F401 - fixture
 from tests.integration.workspace_controller.conftest import workspace_crd  # noqa: F401 - fixture
@@ -163,7 +163,7 @@ async def test_prometheus_scrapes_both_controllers_and_the_inference_server(
     emulator = Proc(
         "aks-emulator",
         [
-            sys.executable, "-m", "kaito.cli", "dev", "aks-emulator", "--port", "0",
+            sys.executable, "-m", "kaito_dev", "aks-emulator", "--port", "0",
             "--dir", str(emu_dir), "--cluster-name", f"aks{test_id[:8]}",
             "--heartbeat-interval", "0",
         ],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev.registry import LocalRegistry
+from kaito_dev.registry import LocalRegistry
 
 
 def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, Message]:

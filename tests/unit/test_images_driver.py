@@ -1,4 +1,4 @@
-"""kaito.dev.images without building: names, the Debian mirror, the build's pip config,
+"""kaito_dev.images without building: names, the Debian mirror, the build's pip config,
 and that every image it builds matches a Dockerfile's build arguments."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev import images
-from kaito.dev.controlplane import REPO_ROOT, ControlPlaneError
+from kaito_dev import images
+from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError
 
 
 def test_images_are_named_as_the_workloads_name_them() -> None:

@@ -149,7 +149,7 @@ def _stderr(line: str) -> None:
 
 def cache_root() -> Path:
     """``$KAITO_CACHE/tiny-models``, or ``~/.cache/kaito/tiny-models``: one folder per key
-    (``tiny-model`` beside it is the dev cluster's copy, `kaito.dev.stack`)."""
+    (``tiny-model`` beside it is the dev cluster's copy, `kaito_dev.stack`)."""
     base = os.environ.get("KAITO_CACHE") or Path.home() / ".cache" / "kaito"
     return Path(base) / "tiny-models"
 

@@ -1,8 +1,8 @@
 """What the emulators' fault injection shares: a queue of faults with ``times``, and the
 ``/_emulator/faults`` control routes.
 
-Each emulator (the AKS one in `kaito.provisioner.emulator`, the hub one in
-`kaito.dev.hfhub`) defines its own `Fault` dataclass: its kinds, what it matches on and
+Each emulator (the AKS one in `kaito_dev.aks`, the hub one in
+`kaito_dev.hfhub`) defines its own `Fault` dataclass: its kinds, what it matches on and
 what it does. What is the same everywhere lives here: a fault acts on ``times``
 matching requests (None: until cleared) and is then dropped, ``hits`` counts what it
 acted on, the first match wins; over HTTP a POST of the fault's fields as JSON adds one

@@ -3,7 +3,7 @@
 Used by the tests, the local dev cluster and ``kaito dev aks-emulator``; see `server`.
 """
 
-from kaito.provisioner.emulator.faults import Fault, FaultKind, Op
-from kaito.provisioner.emulator.server import AKSEmulator, EmulatorConfig, RecordedRequest
+from kaito_dev.aks.faults import Fault, FaultKind, Op
+from kaito_dev.aks.server import AKSEmulator, EmulatorConfig, RecordedRequest
 
 __all__ = ["AKSEmulator", "EmulatorConfig", "Fault", "FaultKind", "Op", "RecordedRequest"]

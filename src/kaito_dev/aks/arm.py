@@ -16,19 +16,19 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from kaito.provisioner.emulator.faults import Fault, FaultInjector, FaultKind, Op, arm_answer
-from kaito.provisioner.emulator.state import (
+from kaito.runtime.meta import Obj
+from kaito_dev.aks.faults import Fault, FaultInjector, FaultKind, Op, arm_answer
+from kaito_dev.aks.state import (
     AgentPools,
     EmulatorConfig,
     Operation,
     Pool,
     RecordedRequest,
 )
-from kaito.runtime.meta import Obj
 
 __all__ = ["ArmApi", "arm_error"]
 
-log = structlog.get_logger("kaito.provisioner.emulator")
+log = structlog.get_logger("kaito_dev.aks")
 
 _POOL_NAME_RULE = "must start with a lowercase letter, have at most 12 characters, a-z and 0-9"
 PROVIDER = "providers/Microsoft.ContainerService"

@@ -15,20 +15,20 @@ from typing import Any
 
 import structlog
 
-from kaito.provisioner.emulator.nodes import (
-    build_node,
-    pressure_conditions,
-    ready_condition,
-)
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, ApiError, Conflict, NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES
 from kaito.runtime.timestamps import now_rfc3339
+from kaito_dev.aks.nodes import (
+    build_node,
+    pressure_conditions,
+    ready_condition,
+)
 
 __all__ = ["SimulatedKubelets"]
 
-log = structlog.get_logger("kaito.provisioner.emulator")
+log = structlog.get_logger("kaito_dev.aks")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], Any]
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"

@@ -38,24 +38,24 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from kaito.provisioner.emulator.arm import ArmApi
-from kaito.provisioner.emulator.faults import Fault, FaultInjector, Op
-from kaito.provisioner.emulator.kubelet import SimulatedKubelets
-from kaito.provisioner.emulator.state import (
+from kaito.runtime.certwatcher import CertWatcher
+from kaito.runtime.client import Client
+from kaito.runtime.faults import add_fault_routes
+from kaito.runtime.httpserver import HttpServer
+from kaito_dev.aks.arm import ArmApi
+from kaito_dev.aks.faults import Fault, FaultInjector, Op
+from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.state import (
     AgentPools,
     EmulatorConfig,
     Operation,
     Pool,
     RecordedRequest,
 )
-from kaito.runtime.certwatcher import CertWatcher
-from kaito.runtime.client import Client
-from kaito.runtime.faults import add_fault_routes
-from kaito.runtime.httpserver import HttpServer
 
 __all__ = ["AKSEmulator", "EmulatorConfig", "RecordedRequest"]
 
-log = structlog.get_logger("kaito.provisioner.emulator")
+log = structlog.get_logger("kaito_dev.aks")
 
 
 class AKSEmulator:

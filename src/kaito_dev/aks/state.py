@@ -26,17 +26,17 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 
-from kaito.provisioner.emulator.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
-from kaito.provisioner.emulator.kubelet import SimulatedKubelets
-from kaito.provisioner.emulator.nodes import node_name
 from kaito.runtime.backoff import Backoff
 from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import now_rfc3339
+from kaito_dev.aks.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
+from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.nodes import node_name
 
 __all__ = ["AgentPools", "EmulatorConfig", "Operation", "Pool", "RecordedRequest"]
 
-log = structlog.get_logger("kaito.provisioner.emulator")
+log = structlog.get_logger("kaito_dev.aks")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 

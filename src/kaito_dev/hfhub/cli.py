@@ -48,7 +48,7 @@ def add_arguments(p: Any) -> None:
         default=None,
         metavar="FOLDER",
         help="publish FOLDER as a stand-in under every preset's repo at its pinned revision "
-        "(gated presets: only the token kaito.dev.hfhub.presets.DEV_TOKEN)",
+        "(gated presets: only the token kaito_dev.hfhub.presets.DEV_TOKEN)",
     )
     p.add_argument(
         "--gated",
@@ -98,9 +98,9 @@ def _parse_gated(value: str) -> tuple[str, str]:
 async def _run(
     args: argparse.Namespace, publish: list[tuple[str, Path, str | None]], gated: dict[str, str]
 ) -> int:
-    from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in, stand_in_note
-    from kaito.dev.hfhub.server import HubEmulator
     from kaito.runtime.entrypoint import run_until_stopped
+    from kaito_dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in, stand_in_note
+    from kaito_dev.hfhub.server import HubEmulator
 
     hub = HubEmulator(args.root.resolve(), host=args.host, port=args.port, cdn_port=args.cdn_port)
     shas: dict[str, str] = {}

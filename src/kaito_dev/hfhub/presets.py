@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaito.dev.hfhub.server import HubEmulator
-from kaito.dev.hfhub.store import HubStore
 from kaito.presets.catalog import Catalog, load_catalog
+from kaito_dev.hfhub.server import HubEmulator
+from kaito_dev.hfhub.store import HubStore
 
 __all__ = ["DEV_TOKEN", "PresetRepo", "preset_repos", "publish_stand_in", "stand_in_note"]
 

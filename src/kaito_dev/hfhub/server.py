@@ -44,14 +44,14 @@ from urllib.parse import quote
 import structlog
 from aiohttp import web
 
-from kaito.dev.hfhub.faults import Fault, FaultInjector, FaultKind, Scope
-from kaito.dev.hfhub.store import Commit, HubStore, RepoFile, RepoNotFound, RevisionNotFound
 from kaito.runtime.faults import add_fault_routes
 from kaito.runtime.httpserver import HttpServer
+from kaito_dev.hfhub.faults import Fault, FaultInjector, FaultKind, Scope
+from kaito_dev.hfhub.store import Commit, HubStore, RepoFile, RepoNotFound, RevisionNotFound
 
 __all__ = ["HubEmulator", "RecordedRequest"]
 
-log = structlog.get_logger("kaito.dev.hfhub")
+log = structlog.get_logger("kaito_dev.hfhub")
 
 _CHUNK = 64 * 1024
 _URL_TTL = 3600

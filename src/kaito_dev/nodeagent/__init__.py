@@ -48,6 +48,6 @@ Contract:
   starts the pods again.
 """
 
-from kaito.dev.nodeagent.agent import DEFAULT_NODE_SELECTOR, DEFAULT_PYTHON, NodeAgent
+from kaito_dev.nodeagent.agent import DEFAULT_NODE_SELECTOR, DEFAULT_PYTHON, NodeAgent
 
 __all__ = ["DEFAULT_NODE_SELECTOR", "DEFAULT_PYTHON", "NodeAgent"]

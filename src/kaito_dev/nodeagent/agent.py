@@ -24,12 +24,6 @@ from typing import Any
 
 import structlog
 
-from kaito.dev.controlplane import REPO_ROOT
-from kaito.dev.nodeagent.env import CPU_ENV
-from kaito.dev.nodeagent.model import StandInModel
-from kaito.dev.nodeagent.network import IPPool
-from kaito.dev.nodeagent.pod import AgentContext, PodWorker
-from kaito.dev.nodeagent.process import kill_orphans
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.labels import parse_selector
@@ -38,6 +32,12 @@ from kaito.runtime.meta import Obj
 from kaito.runtime.predicate import Funcs
 from kaito.runtime.reconcile import Request
 from kaito.runtime.resource import NODES, PODS
+from kaito_dev.controlplane import REPO_ROOT
+from kaito_dev.nodeagent.env import CPU_ENV
+from kaito_dev.nodeagent.model import StandInModel
+from kaito_dev.nodeagent.network import IPPool
+from kaito_dev.nodeagent.pod import AgentContext, PodWorker
+from kaito_dev.nodeagent.process import kill_orphans
 
 __all__ = [
     "DEFAULT_NODE_SELECTOR",
@@ -45,7 +45,7 @@ __all__ = [
     "NodeAgent",
 ]
 
-log = structlog.get_logger("kaito.dev.nodeagent")
+log = structlog.get_logger("kaito_dev.nodeagent")
 
 
 DEFAULT_NODE_SELECTOR = "kubernetes.azure.com/agentpool"

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from kaito.dev.nodeagent.agent import DEFAULT_NODE_SELECTOR, DEFAULT_PYTHON
+from kaito_dev.nodeagent.agent import DEFAULT_NODE_SELECTOR, DEFAULT_PYTHON
 
 DEFAULT_STATE_DIR = Path(".kaito/dev/node-agent")
 
@@ -62,9 +62,9 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from kaito.dev.nodeagent.agent import NodeAgent
     from kaito.runtime.client import Client, ClientConfig
     from kaito.runtime.entrypoint import run_until_stopped
+    from kaito_dev.nodeagent.agent import NodeAgent
 
     async with Client(await ClientConfig.load(args.kubeconfig)) as client:
         agent = NodeAgent(

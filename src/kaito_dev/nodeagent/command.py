@@ -33,8 +33,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kaito.dev.nodeagent.volumes import MountMap
 from kaito.runtime.meta import Obj
+from kaito_dev.nodeagent.volumes import MountMap
 
 RUNNABLE_MODULES = ("kaito_inference", "kaito_tuning")
 """``python -m <module>`` prefixes the agent runs (the project's own images)."""

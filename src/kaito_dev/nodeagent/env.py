@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from kaito.dev.nodeagent.status import HOST_IP
-from kaito.dev.nodeagent.volumes import Fetch
 from kaito.runtime.meta import Obj
+from kaito_dev.nodeagent.status import HOST_IP
+from kaito_dev.nodeagent.volumes import Fetch
 
-log = structlog.get_logger("kaito.dev.nodeagent")
+log = structlog.get_logger("kaito_dev.nodeagent")
 
 
 CPU_ENV = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-log = structlog.get_logger("kaito.dev.nodeagent")
+log = structlog.get_logger("kaito_dev.nodeagent")
 
 MODEL_NAME = "tiny-llama"
 ANNOTATION_TEXT = (

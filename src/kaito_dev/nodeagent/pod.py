@@ -33,14 +33,20 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from kaito.dev.nodeagent import command
-from kaito.dev.nodeagent.env import base_env, container_env
-from kaito.dev.nodeagent.model import ANNOTATION_TEXT, StandInModel
-from kaito.dev.nodeagent.network import IPPool
-from kaito.dev.nodeagent.probe import probe_readiness
-from kaito.dev.nodeagent.process import STATE_ENV, ContainerProcess
-from kaito.dev.nodeagent.status import ContainerState, PodState, pod_status
-from kaito.dev.nodeagent.volumes import (
+from kaito.runtime.backoff import Backoff
+from kaito.runtime.client import Client
+from kaito.runtime.errors import ApiError, NotFound
+from kaito.runtime.events import EventRecorder
+from kaito.runtime.meta import Obj
+from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
+from kaito_dev.nodeagent import command
+from kaito_dev.nodeagent.env import base_env, container_env
+from kaito_dev.nodeagent.model import ANNOTATION_TEXT, StandInModel
+from kaito_dev.nodeagent.network import IPPool
+from kaito_dev.nodeagent.probe import probe_readiness
+from kaito_dev.nodeagent.process import STATE_ENV, ContainerProcess
+from kaito_dev.nodeagent.status import ContainerState, PodState, pod_status
+from kaito_dev.nodeagent.volumes import (
     MountMap,
     UnsupportedVolume,
     VolumeNotReady,
@@ -49,14 +55,8 @@ from kaito.dev.nodeagent.volumes import (
     pod_dir_name,
     realise_volumes,
 )
-from kaito.runtime.backoff import Backoff
-from kaito.runtime.client import Client
-from kaito.runtime.errors import ApiError, NotFound
-from kaito.runtime.events import EventRecorder
-from kaito.runtime.meta import Obj
-from kaito.runtime.resource import CONFIGMAPS, PODS, SECRETS
 
-log = structlog.get_logger("kaito.dev.nodeagent")
+log = structlog.get_logger("kaito_dev.nodeagent")
 
 
 MODEL_ANNOTATION = "kaito.sh/node-agent-model"

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from kaito.dev.nodeagent.status import ContainerState
 from kaito.runtime.meta import Obj
+from kaito_dev.nodeagent.status import ContainerState
 
 
 async def probe_readiness(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-log = structlog.get_logger("kaito.dev.nodeagent")
+log = structlog.get_logger("kaito_dev.nodeagent")
 
 _PR_SET_PDEATHSIG = 1
 STATE_ENV = "KAITO_NODE_AGENT_STATE"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kaito.dev.hfhub import HubEmulator
+from kaito_dev.hfhub import HubEmulator
 
 ROOT = Path(__file__).resolve().parents[3]
 INFERENCE_PYTHON = ROOT / ".venv-inference" / "bin" / "python"

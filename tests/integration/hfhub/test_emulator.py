@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kaito.dev.hfhub import Fault, FaultKind, HubEmulator, Scope
-from kaito.dev.hfhub.cli import parse_publish
-from kaito.dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in
 from kaito.presets.catalog import load_catalog
+from kaito_dev.hfhub import Fault, FaultKind, HubEmulator, Scope
+from kaito_dev.hfhub.cli import parse_publish
+from kaito_dev.hfhub.presets import DEV_TOKEN, preset_repos, publish_stand_in
 from tests.integration.hfhub.conftest import REPO, WEIGHTS, WEIGHTS_SIZE, make_model
 
 
@@ -243,7 +243,7 @@ async def test_cli_serves_a_folder_at_a_commit_and_the_stand_in_under_the_preset
     pinned = "1" * 40
     state = tmp_path / "state.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kaito.cli", "dev", "hf-hub", "--root", str(tmp_path / "root"),
+        sys.executable, "-m", "kaito_dev", "hf-hub", "--root", str(tmp_path / "root"),
         "--publish", f"{REPO}={model}@{pinned}", "--publish-presets", str(model),
         "--state-file", str(state),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from kaito.dev.hfhub import Fault, FaultKind, HubEmulator, Scope
+from kaito_dev.hfhub import Fault, FaultKind, HubEmulator, Scope
 from tests.integration.hfhub.conftest import (
     REPO,
     WEIGHTS,

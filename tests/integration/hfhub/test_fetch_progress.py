@@ -12,10 +12,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-from kaito.dev.controlplane import ControlPlaneState
-from kaito.dev.hfhub import Fault, FaultKind, HubEmulator, Scope
 from kaito.runtime.client import Client
 from kaito.runtime.resource import NAMESPACES, PODS, SERVICEACCOUNTS, Resource
+from kaito_dev.controlplane import ControlPlaneState
+from kaito_dev.hfhub import Fault, FaultKind, HubEmulator, Scope
 from tests.integration.hfhub.conftest import REPO, Fetcher
 
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")

@@ -27,15 +27,6 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.hfhub import HubEmulator
-from kaito.dev.hfhub.presets import publish_stand_in
-from kaito.dev.hfhub.store import HubStore
-from kaito.dev.nodeagent import DEFAULT_PYTHON, NodeAgent
-from kaito.dev.nodeagent.agent import PYTHONPATH
-from kaito.dev.nodeagent.env import CPU_ENV
-from kaito.dev.nodeagent.model import StandInModel
-from kaito.dev.nodeagent.process import orphans
-from kaito.provisioner.emulator.nodes import build_node
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import (
@@ -46,6 +37,15 @@ from kaito.runtime.resource import (
     PODS,
     SERVICEACCOUNTS,
 )
+from kaito_dev.aks.nodes import build_node
+from kaito_dev.hfhub import HubEmulator
+from kaito_dev.hfhub.presets import publish_stand_in
+from kaito_dev.hfhub.store import HubStore
+from kaito_dev.nodeagent import DEFAULT_PYTHON, NodeAgent
+from kaito_dev.nodeagent.agent import PYTHONPATH
+from kaito_dev.nodeagent.env import CPU_ENV
+from kaito_dev.nodeagent.model import StandInModel
+from kaito_dev.nodeagent.process import orphans
 from tests.integration.polling import poll_until
 
 Obj = dict[str, Any]

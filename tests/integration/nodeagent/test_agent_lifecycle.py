@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.controlplane import REPO_ROOT
 from kaito.runtime.client import Client
 from kaito.runtime.resource import DEPLOYMENTS
+from kaito_dev.controlplane import REPO_ROOT
 from tests.integration.nodeagent.conftest import NodeAgentRig, agent_processes
 from tests.integration.nodeagent.test_serving import inference_deployment
 from tests.integration.polling import poll_until
@@ -41,8 +41,7 @@ async def test_children_die_with_a_killed_agent_and_a_new_agent_restarts_the_pod
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "kaito.cli",
-        "dev",
+        "kaito_dev",
         "node-agent",
         "--kubeconfig",
         kubeconfig,

@@ -8,10 +8,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kaito.dev.nodeagent.pod import ADAPTATIONS_ANNOTATION, MODEL_ANNOTATION
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import DEPLOYMENTS
+from kaito_dev.nodeagent.pod import ADAPTATIONS_ANNOTATION, MODEL_ANNOTATION
 from tests.integration.nodeagent.conftest import GPU_TOLERATIONS, NodeAgentRig, agent_processes
 from tests.integration.polling import poll_until
 

@@ -21,10 +21,10 @@ import pytest
 
 from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import Weights
-from kaito.dev.nodeagent.pod import ADAPTATIONS_ANNOTATION, MODEL_ANNOTATION
 from kaito.presets.catalog import fetch_command, load_catalog, model_path
 from kaito.runtime.client import Client
 from kaito.runtime.resource import DEPLOYMENTS, PODS
+from kaito_dev.nodeagent.pod import ADAPTATIONS_ANNOTATION, MODEL_ANNOTATION
 from tests.integration.nodeagent.conftest import GPU_TOLERATIONS, NodeAgentRig
 from tests.integration.polling import poll_until
 

@@ -1,7 +1,7 @@
 """The provisioner's test rig: real apiserver, the AKS emulator over HTTPS, the real SDK.
 
 - ``machine_crd`` (session): the committed Machine CRD installed in the cluster.
-- ``arm_tls`` (session): a CA (``kaito.dev.pki``) and the emulator's serving certificate;
+- ``arm_tls`` (session): a CA (``kaito_dev.pki``) and the emulator's serving certificate;
   the SDK verifies it for real with ``connection_verify=<ca file>``.
 - ``emulator``: an `AKSEmulator` per test with its own cluster name (its Nodes cannot
   collide with another test's). Teardown asserts it holds no agent pool and that no
@@ -33,13 +33,13 @@ from kaito.provisioner.app import Provisioner
 from kaito.provisioner.azure import AzureAgentPoolAPI
 from kaito.provisioner.config import ProvisionerConfig
 from kaito.provisioner.credentials import StaticTokenCredential
-from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
-from kaito.provisioner.emulator.nodes import node_resource_group
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, NotFound
 from kaito.runtime.manager import ManagerOptions
 from kaito.runtime.pki import CertificateAuthority
 from kaito.runtime.resource import CUSTOMRESOURCEDEFINITIONS, NODES
+from kaito_dev.aks import AKSEmulator, EmulatorConfig
+from kaito_dev.aks.nodes import node_resource_group
 from tests.integration.polling import poll_until
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "deploy" / "crds" / MACHINE_CRD.file_name

@@ -17,8 +17,8 @@ from kaito.provisioner.azure import (
     ErrorReason,
 )
 from kaito.provisioner.credentials import StaticTokenCredential
-from kaito.provisioner.emulator import AKSEmulator, Fault, FaultKind, Op
 from kaito.runtime.client import Client
+from kaito_dev.aks import AKSEmulator, Fault, FaultKind, Op
 
 from .conftest import ArmTls, emulator_nodes, make_api
 
@@ -219,7 +219,7 @@ async def test_delete_while_creating_cancels_the_create(
 async def test_no_answer_at_all_is_azure_unreachable(
     emulator: AKSEmulator, arm_tls: ArmTls
 ) -> None:
-    from kaito.dev.controlplane import free_port
+    from kaito_dev.controlplane import free_port
 
     api = AzureAgentPoolAPI(
         subscription_id=emulator.config.subscription_id,

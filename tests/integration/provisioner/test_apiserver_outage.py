@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import pytest
 
-from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig, Op
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS, NODES
+from kaito_dev.aks import AKSEmulator, EmulatorConfig, Op
 
 from .conftest import ArmTls, Rig, condition, emulator_nodes
 

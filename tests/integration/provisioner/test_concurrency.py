@@ -6,8 +6,8 @@ import asyncio
 import sys
 import time
 
-from kaito.provisioner.emulator import Op
 from kaito.runtime.client import Client
+from kaito_dev.aks import Op
 
 from .conftest import Rig, emulator_nodes
 

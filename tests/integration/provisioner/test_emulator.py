@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from kaito.provisioner.azure import AgentPoolSpec, AzureError, ErrorReason
-from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
+from kaito_dev.aks import AKSEmulator, EmulatorConfig
 
 from .conftest import ArmTls, emulator_nodes, make_api
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from kaito.provisioner.emulator import Fault, FaultKind, Op
 from kaito.runtime.client import Client
 from kaito.runtime.resource import EVENTS
+from kaito_dev.aks import Fault, FaultKind, Op
 
 from .conftest import Rig, condition, emulator_nodes
 

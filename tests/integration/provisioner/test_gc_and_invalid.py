@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kaito.api.machine import MACHINES
 from kaito.provisioner.azure import AgentPoolSpec, AzureAgentPoolAPI
-from kaito.provisioner.emulator import Op
 from kaito.runtime.client import Client
 from kaito.runtime.resource import EVENTS
+from kaito_dev.aks import Op
 
 from .conftest import Rig, condition, emulator_nodes
 

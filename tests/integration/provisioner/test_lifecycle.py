@@ -6,9 +6,9 @@ import time
 
 from kaito.api.machine import LABEL_INITIALIZED, LABEL_REGISTERED, TERMINATION_FINALIZER
 from kaito.provisioner.context import TOKEN_ANNOTATION
-from kaito.provisioner.emulator import Op
 from kaito.runtime.client import Client
 from kaito.runtime.resource import NODES
+from kaito_dev.aks import Op
 
 from .conftest import Rig, condition, emulator_nodes
 
@@ -98,7 +98,7 @@ async def test_startup_taints_hold_initialization_until_removed(rig: Rig, client
 
 
 async def test_node_that_never_joins_times_out_and_the_machine_is_replaced(rig: Rig) -> None:
-    from kaito.provisioner.emulator import Fault, FaultKind
+    from kaito_dev.aks import Fault, FaultKind
 
     rig.emulator.inject(Fault(FaultKind.NODE_NEVER_JOINS, pool="late1"))
     await rig.start(registration_timeout=1.5)

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from kaito.api.machine import MACHINES
-from kaito.dev.controlplane import free_port
 from kaito.provisioner.context import TOKEN_ANNOTATION
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import NODES
+from kaito_dev.controlplane import free_port
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 

@@ -11,8 +11,8 @@ import asyncio
 
 from kaito.api.machine import MACHINES
 from kaito.provisioner.context import TOKEN_ANNOTATION
-from kaito.provisioner.emulator import Op
 from kaito.runtime.client import Client
+from kaito_dev.aks import Op
 
 from .conftest import Rig, emulator_nodes
 

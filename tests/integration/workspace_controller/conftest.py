@@ -29,7 +29,6 @@ from kaito.api.workspace import FINALIZER, WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.app import WorkspaceController
 from kaito.controllers.workspace.nodes.provisioning import Provisioning
 from kaito.presets.catalog import load_catalog
-from kaito.provisioner.emulator import AKSEmulator, EmulatorConfig
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.manager import ManagerOptions
@@ -46,6 +45,7 @@ from kaito.runtime.resource import (
     STATEFULSETS,
 )
 from kaito.runtime.timestamps import now_rfc3339
+from kaito_dev.aks import AKSEmulator, EmulatorConfig
 from tests.integration.polling import poll_until
 from tests.integration.provisioner.conftest import (  # noqa: F401 - fixtures
     ArmTls,

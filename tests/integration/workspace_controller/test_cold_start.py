@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.controlplane import ControlPlaneState
 from kaito.runtime.client import Client
 from kaito.runtime.resource import (
     ROLEBINDINGS,
@@ -25,6 +24,7 @@ from kaito.runtime.resource import (
     SERVICEACCOUNTS,
 )
 from kaito.runtime.timestamps import now_rfc3339
+from kaito_dev.controlplane import ControlPlaneState
 from tests.integration.polling import poll_until
 
 from .conftest import WsRig, condition, is_true

@@ -21,9 +21,9 @@ from kaito.controllers.workspace.admission.webhook import (
     CONFIGURATION_NAME,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
 )
-from kaito.dev.controlplane import free_port
 from kaito.runtime.client import Client
 from kaito.runtime.errors import ApiError, NotFound
+from kaito_dev.controlplane import free_port
 
 from .conftest import WsRig
 

@@ -11,9 +11,9 @@ import pytest
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import ANNOTATION_REVISION, FINALIZER, WORKSPACES_V1ALPHA1
 from kaito.controllers.workspace.nodes.machines import machine_name
-from kaito.provisioner.emulator import Fault, FaultKind
 from kaito.runtime.client import Client
 from kaito.runtime.resource import NODES
+from kaito_dev.aks import Fault, FaultKind
 
 from .conftest import WsRig, condition, emulator_nodes, is_true
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.nodeagent.command import is_runnable, module_of, translate
-from kaito.dev.nodeagent.volumes import Mount, MountMap
+from kaito_dev.nodeagent.command import is_runnable, module_of, translate
+from kaito_dev.nodeagent.volumes import Mount, MountMap
 
 PY = "/venv/bin/python"
 MODEL = "/state/tiny-model"
@@ -188,7 +188,7 @@ def test_the_server_loading_from_the_cache_is_marked_as_serving_the_stand_in() -
 
 
 def test_the_model_cache_hostpath_is_the_emulated_nodes_disk(tmp_path: Any) -> None:
-    from kaito.dev.nodeagent.volumes import host_path
+    from kaito_dev.nodeagent.volumes import host_path
 
     disk = tmp_path / "node-disk"
     assert host_path("/var/lib/kaito/models", disk) == disk / "var/lib/kaito/models"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kaito.dev.nodeagent.network import IPPool
-from kaito.dev.nodeagent.probe import probe_port
-from kaito.dev.nodeagent.status import ContainerState, PodState, pod_phase, pod_status
+from kaito_dev.nodeagent.network import IPPool
+from kaito_dev.nodeagent.probe import probe_port
+from kaito_dev.nodeagent.status import ContainerState, PodState, pod_phase, pod_status
 
 
 def test_phase_follows_kubelets_rules() -> None:

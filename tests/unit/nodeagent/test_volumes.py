@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kaito.dev.nodeagent.volumes import (
+from kaito_dev.nodeagent.volumes import (
     Mount,
     MountMap,
     UnsupportedVolume,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kaito.provisioner.config import ConfigError, ProvisionerConfig
-from kaito.provisioner.emulator.faults import Fault, FaultInjector, FaultKind, Op
+from kaito_dev.aks.faults import Fault, FaultInjector, FaultKind, Op
 
 REQUIRED = {"ARM_SUBSCRIPTION_ID": "s", "ARM_RESOURCE_GROUP": "rg", "AZURE_CLUSTER_NAME": "c"}
 

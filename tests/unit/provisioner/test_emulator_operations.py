@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kaito.provisioner.emulator.state import AgentPools, EmulatorConfig
+from kaito_dev.aks.state import AgentPools, EmulatorConfig
 
 
 class FlakyKubelets:
