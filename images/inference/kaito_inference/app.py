@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import logs
 from .config import ConfigError, Settings, parse_settings
+from .emulated_gpu import adapt_for_emulated_gpu
 from .engines import create_engine
 from .server import Server
 
@@ -113,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logs.configure(fmt=settings.log_format, level=settings.log_level)
+    try:
+        settings, _ = adapt_for_emulated_gpu(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
 
