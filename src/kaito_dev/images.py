@@ -90,6 +90,8 @@ class ImageSpec:
     build_args: Mapping[str, str] = field(default_factory=dict)
     contexts: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    shipped: bool = True
+    """False for the local cluster's own tools (built with ``--only``, never released)."""
 
 
 IMAGES: tuple[ImageSpec, ...] = (
@@ -116,6 +118,14 @@ IMAGES: tuple[ImageSpec, ...] = (
         "CUDA_IMAGE",
         contexts={"contracts": "src/kaito_contracts"},
         description="KAITO tuning job (LoRA/QLoRA) and data downloader",
+    ),
+    ImageSpec(
+        "curl",
+        "images/curl/Dockerfile",
+        "images/curl",
+        "BASE_IMAGE",
+        description="curl for the local cluster's client pods (not part of KAITO)",
+        shipped=False,
     ),
 )
 
@@ -555,9 +565,10 @@ def build_all(
     *,
     builder: Builder | None = None,
 ) -> list[BuiltImage]:
-    """Build the named images (all three by default) and push them to ``registry``."""
+    """Build the named images (the three shipped ones by default) and push them to
+    ``registry``."""
     b = builder or Builder()
-    wanted = list(names or [s.name for s in IMAGES])
+    wanted = list(names or [s.name for s in IMAGES if s.shipped])
     unknown = sorted(set(wanted) - {s.name for s in IMAGES})
     if unknown:
         raise ValueError(

@@ -48,6 +48,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "files": ["workspace/kaito_tuning/train.py", "workspace/kaito_contracts/contracts.json"],
         "run": ["python", "-m", "kaito_tuning", "--help"],
     },
+    # The local cluster's client pod (not shipped: `make images` leaves it out).
+    "curl": {
+        "entrypoint": ["curl"],
+        "cmd": ["--help"],
+        "user": "65532:65532",
+        "files": ["usr/bin/curl"],
+        "run": ["curl", "--version"],
+    },
 }
 
 
@@ -64,7 +72,7 @@ def builder() -> Builder:
 
 @pytest.fixture(scope="module")
 def built(registry: LocalRegistry, builder: Builder) -> dict[str, BuiltImage]:
-    images = build_all(registry.address, builder=builder)
+    images = build_all(registry.address, [s.name for s in IMAGES], builder=builder)
     return {img.spec.name: img for img in images}
 
 

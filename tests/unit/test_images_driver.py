@@ -22,7 +22,8 @@ def test_images_are_named_as_the_workloads_name_them() -> None:
         images.image_name("myacr.azurecr.io/", "controller", "0.1.0")
         == "myacr.azurecr.io/kaito-python/controller:0.1.0"
     )
-    assert [s.name for s in images.IMAGES] == ["controller", "inference", "tuning"]
+    assert [s.name for s in images.IMAGES if s.shipped] == ["controller", "inference", "tuning"]
+    assert [s.name for s in images.IMAGES if not s.shipped] == ["curl"]
 
 
 def test_only_loopback_registries_are_pushed_without_tls() -> None:
