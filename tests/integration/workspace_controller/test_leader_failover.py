@@ -234,9 +234,13 @@ async def check_one_leader(client: Client, ctrl: Controller) -> tuple[Replica, R
     await asyncio.gather(a.started(), b.started())
     leader = await ctrl.leader(client, [a, b])
     follower = b if leader is a else a
-    lease_name = f'name="{ctrl.component}"'
-    assert (await leader.metrics()).count(f"leader_election_master_status{{{lease_name}}} 1.0")
-    assert (await follower.metrics()).count(f"leader_election_master_status{{{lease_name}}} 0.0")
+    series = f'leader_election_master_status{{name="{ctrl.component}"}}'
+
+    async def says_leader() -> bool:  # set a moment after the Lease write's answer
+        return f"{series} 1.0" in await leader.metrics()
+
+    await wait_for(says_leader, 10, f"{leader.name}'s {series} 1", leader)
+    assert f"{series} 0.0" in await follower.metrics(), follower.tail()
     return leader, follower
 
 
@@ -488,7 +492,9 @@ async def test_leader_failover_pause_and_kill_with_two_replicas_of_each_controll
             assert before == [], f"{f.new.name} wrote as a follower: {before}"
             old_writes = by_agent(audit, f.old.identity)
             renewals = [
-                _ts(e["stageTimestamp"]) for e in old_writes if _is_lease(e, f.ctrl) and _ok(e)
+                _ts(e["requestReceivedTimestamp"])
+                for e in old_writes
+                if _is_lease(e, f.ctrl) and _ok(e)
             ]
             assert renewals, f"no Lease write by {f.old.name} in the audit log"
             unrenewed = acquired_at - max(r for r in renewals if r < acquired_at)
