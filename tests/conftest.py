@@ -28,7 +28,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         state_file = Path(reuse).parent / "state.json"
         yield ControlPlaneState.load(state_file.parent)
         return
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
+    # The audit log lets tests prove which process wrote what, and when.
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), audit=True)
     try:
         state = plane.start(progress=lambda msg: print(f"[control-plane] {msg}", file=sys.stderr))
     except ControlPlaneError as e:

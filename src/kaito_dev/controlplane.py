@@ -7,6 +7,11 @@ kubeconfig with a static admin token, and stops every process by PID.
 
 There is no kubelet: pods are scheduled onto Nodes but nothing runs them unless a node
 agent updates their status (the dev cluster adds one).
+
+With ``audit=True`` the apiserver also writes an audit log (``<data_dir>/audit.log``,
+JSON lines, `AUDIT_POLICY`): one event per write request (create, update, patch,
+delete), with its user agent, its status code and when it was received, so a test can
+prove which process wrote what, and when.
 """
 
 from __future__ import annotations
@@ -37,6 +42,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "local-cluster.sh"
 ADMIN_TOKEN_NAME = "admin"
 SERVICE_CIDR = "10.96.0.0/16"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],  # one event per request, when its answer is complete
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+"""Metadata (no bodies) for every write, nothing for reads: small, and cheap to write."""
 CONTROLLERS = (
     "namespace,garbagecollector,serviceaccount,serviceaccount-token,"
     "deployment,replicaset,statefulset,job"
@@ -83,6 +98,8 @@ class ControlPlaneState:
     token: str
     ca_file: str
     pids: dict[str, int] = field(default_factory=dict)
+    audit_log: str = ""
+    """The apiserver's audit log (JSON lines), "" when started without ``audit``."""
 
     def save(self) -> None:
         Path(self.data_dir, "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -99,9 +116,10 @@ class ControlPlane:
     already started is stopped and the error names the component with its log tail.
     """
 
-    def __init__(self, data_dir: Path, *, bin_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, *, bin_dir: Path | None = None, audit: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.bin_dir = bin_dir
+        self.audit = audit
         self.state: ControlPlaneState | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -137,6 +155,17 @@ class ControlPlane:
             token=token,
             ca_file=str(ca_crt),
         )
+        audit_flags: list[str] = []
+        if self.audit:
+            policy = self.data_dir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+            self.state.audit_log = str(self.data_dir / "audit.log")
+            audit_flags = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.state.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # written before the answer: nothing to flush
+            ]
         try:
             say(f"starting etcd on 127.0.0.1:{etcd_port}")
             self._spawn(
@@ -174,6 +203,7 @@ class ControlPlane:
                     "--enable-priority-and-fairness=false",
                     "--max-requests-inflight=1000",
                     "--max-mutating-requests-inflight=500",
+                    *audit_flags,
                     "--v=0",
                 ],
             )

@@ -18,7 +18,12 @@ from typing import Any
 import structlog
 
 from kaito.provisioner.config import ConfigError, ProvisionerConfig
-from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
+from kaito.runtime.entrypoint import (
+    add_manager_arguments,
+    manager_options,
+    run_until_stopped,
+    user_agent,
+)
 
 __all__ = ["add_commands"]
 
@@ -53,6 +58,9 @@ async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) 
     from kaito.provisioner.credentials import make_credential
     from kaito.runtime.client import Client, ClientConfig
 
+    options = manager_options(
+        args, component="gpu-provisioner", leader_election_id="gpu-provisioner"
+    )
     credential = make_credential(config.arm_static_token)
     api = AzureAgentPoolAPI(
         subscription_id=config.subscription_id,
@@ -64,21 +72,17 @@ async def _run_provisioner(args: argparse.Namespace, config: ProvisionerConfig) 
         polling_interval=config.polling_interval,
     )
     try:
-        async with Client(await ClientConfig.load(args.kubeconfig)) as client:
-            prov = Provisioner(
-                client,
-                api,
-                config,
-                manager_options=manager_options(
-                    args, component="gpu-provisioner", leader_election_id="gpu-provisioner"
-                ),
-            )
+        kube = await ClientConfig.load(args.kubeconfig)
+        kube.user_agent = user_agent("gpu-provisioner", options.leader_election_identity)
+        async with Client(kube) as client:
+            prov = Provisioner(client, api, config, manager_options=options)
             log.info(
                 "gpu-provisioner starting",
                 cluster=config.cluster_name,
                 resource_group=config.resource_group,
                 arm=config.arm_base_url,
                 workers=config.workers,
+                identity=options.leader_election_identity,
             )
             return await run_until_stopped(prov.run, prov.stop)
     finally:

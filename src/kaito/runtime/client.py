@@ -13,6 +13,8 @@ refresh. This client adds what controllers need on top:
 - 429 (and 5xx carrying Retry-After) retried after the server's Retry-After, up to
   ten times, as client-go does;
 - ``rest_client_requests_total{code,method,host}`` counted per request;
+- an optional write fence (`Client.set_write_fence`): a leader-elected manager installs
+  one so that no write leaves the process once its Lease is lost;
 - a streaming ``watch`` that yields raw events line by line.
 """
 
@@ -24,7 +26,7 @@ import enum
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -34,7 +36,7 @@ import orjson
 import structlog
 
 from kaito.runtime import metrics
-from kaito.runtime.errors import ApiError
+from kaito.runtime.errors import ApiError, WriteFenced
 from kaito.runtime.meta import Obj
 from kaito.runtime.ratelimit import TokenBucket
 from kaito.runtime.resource import Resource
@@ -44,6 +46,9 @@ log = structlog.get_logger("kaito.runtime.client")
 
 MAX_RETRIES = 10
 """Retries of a request answered 429 (or 5xx) with Retry-After; client-go uses 10."""
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+"""The methods a write fence stops (every mutating verb, subresources included)."""
 
 MAX_RETRY_AFTER = 30.0
 """The longest Retry-After we honour per attempt (seconds); longer values are clipped."""
@@ -141,6 +146,20 @@ class Client:
         self._limiter = (
             TokenBucket(qps=config.qps, burst=max(config.burst, 1)) if config.qps > 0 else None
         )
+        self._write_fence: Callable[[], str | None] | None = None
+
+    def set_write_fence(self, fence: Callable[[], str | None]) -> None:
+        """Check ``fence()`` right before every write is sent; while it returns a reason
+        (not None), raise `WriteFenced` instead of sending.
+
+        The leader-elected `Manager` installs its elector's fence, so that a replica
+        whose lease was lost (or is past its renew deadline) writes nothing, whichever of
+        its tasks runs first after, say, a long pause. One fence per client: a second
+        one is a ValueError (one leader-elected manager per client).
+        """
+        if self._write_fence is not None:
+            raise ValueError("this client already has a write fence (one per client)")
+        self._write_fence = fence
 
     async def __aenter__(self) -> Client:
         return self
@@ -202,6 +221,12 @@ class Client:
             headers = await self._headers()
             if data is not None:
                 headers["Content-Type"] = content_type
+            # Checked after the last await before sending, so a paused process that
+            # resumes past its deadline cannot send a write it decided on before.
+            if self._write_fence is not None and method in WRITE_METHODS:
+                reason = self._write_fence()
+                if reason is not None:
+                    raise WriteFenced(f"{method} {path} not sent: {reason}")
             async with self.session.request(
                 method, url, params=params, data=data, headers=headers
             ) as resp:

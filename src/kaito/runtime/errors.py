@@ -74,6 +74,13 @@ class Invalid(ApiError):
     """422: the object failed validation (the message names the fields)."""
 
 
+class WriteFenced(RuntimeError):
+    """Raised by the client INSTEAD of sending a write (POST, PUT, PATCH, DELETE) while its
+    write fence forbids writing: a leader-elected process that lost its Lease, or that is
+    past its renew deadline, must not change anything (another replica may lead already).
+    Nothing reached the apiserver; the message says why the write was refused."""
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     404: NotFound,
     409: Conflict,

@@ -28,7 +28,7 @@ import structlog
 
 from kaito.runtime.backoff import Backoff
 from kaito.runtime.client import Client
-from kaito.runtime.errors import AlreadyExists, ApiError, NotFound
+from kaito.runtime.errors import AlreadyExists, ApiError, NotFound, WriteFenced
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS
 from kaito.runtime.timestamps import format_rfc3339
@@ -259,6 +259,11 @@ class EventRecorder:
                 await backoff.wait()
             try:
                 await self._send(write)
+                break
+            except WriteFenced as e:  # lost leadership: retrying cannot help, nor should
+                log.warning(
+                    "event write failed", name=write.name, reason=write.pending.reason, error=str(e)
+                )
                 break
             except ApiError as e:
                 if e.status < 500 or attempt == _ATTEMPTS:

@@ -23,6 +23,16 @@ duration. The rules that make this safe are client-go's (``tools/leaderelection`
   (AlreadyExists) is just a failed attempt.
 - ``leaseTransitions`` increments whenever the holder changes; ``acquireTime`` is when
   the current holder took the lease.
+- **Nothing is written after the deadline.** `write_fence` says why this process must not
+  write (it lost the lease, or it leads past its renew deadline and has not noticed yet);
+  the manager installs it on its client (`Client.set_write_fence`), which then refuses
+  every write, the elector's own renewals included. That covers what the cancellation of
+  the controllers cannot: a process paused (SIGSTOP, a VM freeze) past the deadline
+  resumes with reconciles in flight and watch events queued, and whichever task runs
+  first finds the fence closed. What it cannot cover: a write already handed to the
+  kernel before the pause (the apiserver receives it at once, before any follower can
+  take over) or one waiting on a brand-new TCP/TLS connection when the pause hits (sent
+  on resume; pooled connections make this rare).
 
 Usage (what the manager does)::
 
@@ -150,6 +160,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._lease: Obj | None = None  # the last Lease object read or written (for its RV)
         self._leading = False
+        self._lost = False  # set for good by _lose(): this candidate never writes again
         self._renewed_at = 0.0  # clock reading at the start of the last successful write
         metrics.register_runtime_metrics()
         self._gauge = metrics.LEADER_ELECTION_MASTER_STATUS.labels(name=name)
@@ -166,6 +177,20 @@ class LeaderElector:
         """
         return self._leading and self._clock.now() < self._renewed_at + self.renew_deadline
 
+    def write_fence(self) -> str | None:
+        """Why this process must not write now, or None when it may.
+
+        Closed for good once the lease was lost, and while leading past the renew
+        deadline (before `renew_until_lost` has run to notice). Open before the first
+        acquisition (a follower may write what is not leader work, e.g. register its
+        webhook) and after a clean `release`.
+        """
+        if self._lost:
+            return f"the lease {self._key} was lost"
+        if self._leading and self._clock.now() >= self._renewed_at + self.renew_deadline:
+            return f"the lease {self._key} was not renewed within the renew deadline"
+        return None
+
     @property
     def leader(self) -> str:
         """The holderIdentity last observed on the Lease ("" when none or unknown)."""
@@ -175,7 +200,11 @@ class LeaderElector:
         """Return once this candidate leads; retry every (jittered) retry period until then.
 
         Cancel it to stop trying. Errors talking to the apiserver are logged and retried.
+        A candidate that lost the lease cannot acquire again (its writes stay fenced):
+        like controller-runtime, the process exits and a new one starts as a follower.
         """
+        if self._lost:
+            raise RuntimeError(f"{self._key}: this candidate lost the lease; start a new one")
         log.info("attempting to acquire leader lease", lease=self._key, identity=self.identity)
         while True:
             if await self._attempt(within=self.renew_deadline):
@@ -218,9 +247,10 @@ class LeaderElector:
         lease duration. Stops leading first (the caller has stopped its leader work).
         Returns whether the lease was released; failures are logged, not raised. The
         request is bounded by one retry period: if it takes longer, followers fall back
-        to waiting out the lease duration, which is safe.
+        to waiting out the lease duration, which is safe. A leader past its renew
+        deadline releases nothing.
         """
-        if not self._leading or self._lease is None:
+        if not self.is_leader or self._lease is None:
             return False
         self._leading = False
         self._gauge.set(0)
@@ -251,6 +281,7 @@ class LeaderElector:
 
     def _lose(self, why: str) -> NoReturn:
         self._leading = False
+        self._lost = True
         self._gauge.set(0)
         log.error("leader election lost", lease=self._key, identity=self.identity, reason=why)
         raise LeaderElectionLost(f"{self._key}: {why}")

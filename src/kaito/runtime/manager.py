@@ -14,7 +14,9 @@ Every task the manager starts lives in one TaskGroup, so nothing outlives ``run(
 
 Losing the Lease is different: another replica may already be reconciling, so the
 controllers are cancelled at once and ``run()`` raises `LeaderElectionLost` (the CLI
-exits non-zero and Kubernetes restarts the pod as a follower).
+exits non-zero and Kubernetes restarts the pod as a follower). Before that, from the
+moment the renew deadline passes, the client refuses every write (the elector's write
+fence, `LeaderElector.write_fence`): reconciles still in flight cannot write.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class ManagerOptions:
     """The Lease's name; required when leader_election is on."""
     leader_election_namespace: str = "default"
     leader_election_release_on_cancel: bool = True
+    leader_election_identity: str = ""
+    """This replica's holderIdentity; default "" means `default_identity()`."""
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
@@ -100,7 +104,9 @@ class Manager:
                 lease_duration=self.options.lease_duration,
                 renew_deadline=self.options.renew_deadline,
                 retry_period=self.options.retry_period,
+                identity=self.options.leader_election_identity or None,
             )
+            client.set_write_fence(self.elector.write_fence)
 
     # -- wiring --------------------------------------------------------------------------
 

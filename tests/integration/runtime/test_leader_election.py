@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from kaito.runtime.client import Client, ClientConfig
+from kaito.runtime.errors import WriteFenced
 from kaito.runtime.leaderelection import LeaderElectionLost, LeaderElector, micro_time
 from kaito.runtime.metrics import REGISTRY
-from kaito.runtime.resource import LEASES
+from kaito.runtime.resource import CONFIGMAPS, LEASES
 
 NAMESPACE = "default"
 LEASE = 2.0
@@ -277,6 +278,47 @@ async def test_lost_race_to_renew_raises_when_another_holder_is_seen(client: Cli
         await asyncio.wait_for(a.renew_until_lost(), RENEW + SLACK)
     assert time.monotonic() - started < RENEW
     assert not a.is_leader
+
+
+async def test_a_leader_paused_past_its_renew_deadline_writes_nothing_when_it_resumes(
+    client: Client, kubeconfig: str
+) -> None:
+    """The event loop is blocked past the renew deadline (in-process, the closest thing to
+    SIGSTOP; test_leader_failover SIGSTOPs real processes). On resume, whichever task runs
+    first, the write fence refuses every write -- another task's and the elector's own
+    renewal -- so nothing reaches the apiserver; the loss is final and nothing is released.
+    """
+    name = lease_name()
+    cm = {"metadata": {"name": name, "namespace": NAMESPACE}}
+    a_client = await recording_client(kubeconfig)
+    async with a_client:
+        a = candidate(a_client, name, "a")
+        a_client.set_write_fence(a.write_fence)
+        with pytest.raises(ValueError, match="already has a write fence"):
+            a_client.set_write_fence(a.write_fence)
+        assert a.write_fence() is None, "a follower may write what is not leader work"
+        await a.acquire()
+        renewing = asyncio.create_task(a.renew_until_lost())
+        try:
+            await asyncio.sleep(0.5)
+            await a_client.create(CONFIGMAPS, cm)  # the leader writes
+            last_write = a_client.last_write_sent
+            time.sleep(RENEW + 0.1)  # noqa: ASYNC251 - the pause: nothing else runs meanwhile
+            with pytest.raises(WriteFenced, match=name):
+                await a_client.delete(CONFIGMAPS, name, NAMESPACE)
+            with pytest.raises(LeaderElectionLost):
+                await renewing
+            with pytest.raises(WriteFenced, match="was lost"):
+                await a_client.delete(CONFIGMAPS, name, NAMESPACE)
+            assert a_client.last_write_sent == last_write, "a write (or renewal) went out"
+            assert await a_client.get(CONFIGMAPS, name, NAMESPACE), "reads still work"
+            assert not await a.release()
+            with pytest.raises(RuntimeError, match="lost the lease"):
+                await a.acquire()
+        finally:
+            await stop(renewing)
+            await client.delete(CONFIGMAPS, name, NAMESPACE)
+    assert (await client.get(LEASES, name, NAMESPACE))["spec"]["holderIdentity"] == "a"
 
 
 def test_options_are_validated_like_client_go() -> None:

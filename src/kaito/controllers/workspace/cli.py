@@ -22,7 +22,12 @@ import structlog
 from kaito.controllers.workspace.admission import cli as webhook_cli
 from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
 from kaito.presets.catalog import DEFAULT_IMAGE_REGISTRY, check_image_registry, load_catalog
-from kaito.runtime.entrypoint import add_manager_arguments, manager_options, run_until_stopped
+from kaito.runtime.entrypoint import (
+    add_manager_arguments,
+    manager_options,
+    run_until_stopped,
+    user_agent,
+)
 
 __all__ = ["IMAGE_REGISTRY_ENV", "add_commands"]
 
@@ -75,20 +80,24 @@ async def _run(args: argparse.Namespace) -> int:
     from kaito.runtime.client import Client, ClientConfig
 
     catalog = load_catalog().with_image_registry(args.image_registry)
-    async with Client(await ClientConfig.load(args.kubeconfig)) as client:
+    options = manager_options(
+        args, component="workspace-controller", leader_election_id="workspace-controller"
+    )
+    config = await ClientConfig.load(args.kubeconfig)
+    config.user_agent = user_agent("workspace-controller", options.leader_election_identity)
+    async with Client(config) as client:
         ctrl = WorkspaceController(
             client,
             catalog=catalog,
             workers=args.workers,
             provisioning=Provisioning(Mode(args.node_provisioning_mode)),
-            manager_options=manager_options(
-                args, component="workspace-controller", leader_election_id="workspace-controller"
-            ),
+            manager_options=options,
         )
         log.info(
             "workspace-controller starting",
             workers=args.workers,
             leader_elect=args.leader_elect,
+            identity=options.leader_election_identity,
             node_provisioning_mode=args.node_provisioning_mode,
             inference_image=catalog.images.inference,
             tuning_image=catalog.images.tuning,
