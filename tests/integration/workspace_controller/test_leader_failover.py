@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kaito.provisioner.emulator.nodes import node_resource_group
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES, WORKSPACES_V1ALPHA1
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import LEASES, NAMESPACES, NODES
+from kaito_dev.aks.nodes import node_resource_group
 from kaito_dev.controlplane import ControlPlaneState, free_port
 
 from .conftest import IMAGE_REGISTRY, is_true
