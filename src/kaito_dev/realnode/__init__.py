@@ -24,6 +24,7 @@ from kaito_dev.realnode.node import (
     check_torn_down,
     leftovers,
     stop,
+    stop_all,
     wait_ready,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "pause_archive",
     "push_tiny",
     "stop",
+    "stop_all",
     "wait_ready",
 ]

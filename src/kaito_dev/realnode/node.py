@@ -70,6 +70,7 @@ __all__ = [
     "check_torn_down",
     "leftovers",
     "stop",
+    "stop_all",
     "wait_ready",
 ]
 
@@ -666,3 +667,14 @@ def check_torn_down(node: RealNode, *, timeout: float = 10.0) -> None:
         time.sleep(0.2)
     if left:
         raise NodeLeftovers(f"node {node.name} left: " + "; ".join(left))
+
+
+def stop_all(base_dir: Path) -> list[str]:
+    """Stop every node with a ``state.json`` under ``base_dir`` (what a run that died left);
+    return their names. `HostState.capture` on the same record file then restores the host."""
+    names = []
+    for state in sorted(base_dir.glob("*/state.json")):
+        node = RealNode.load(state.parent)
+        stop(node)
+        names.append(node.name)
+    return names

@@ -19,10 +19,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
+
 from kaito_dev.realnode import check_torn_down, leftovers
 from kaito_dev.realnode.deviceplugin import EMULATED_GPU_ENV
 
 from .conftest import CPU_NODE, GPU_NODE, RealCluster
+
+pytestmark = pytest.mark.cluster
 
 
 def kubectl(cluster: RealCluster, *args: str, stdin: str | None = None) -> str:
@@ -148,7 +152,10 @@ def test_cluster_ip_answers_on_the_host_through_kube_proxy(real_cluster: RealClu
                         "image": real_cluster.image,
                         "args": ["http", ":8080"],
                         "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
+                        "readinessProbe": {
+                            "httpGet": {"path": "/", "port": 8080},
+                            "periodSeconds": 1,
+                        },
                     }
                 ],
             },
