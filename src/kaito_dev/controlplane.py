@@ -56,6 +56,11 @@ CONTROLLERS = (
     "namespace,garbagecollector,serviceaccount,serviceaccount-token,"
     "deployment,replicaset,statefulset,job"
 )
+# With real kubelets (kaito_dev.realnode): the node lifecycle controller lifts the
+# not-ready taint (and would evict pods from nodes that stop heartbeating, which is why
+# clusters of simulated nodes leave it off); kube-proxy 1.20 serves Services from
+# EndpointSlices.
+REAL_NODE_CONTROLLERS = "nodelifecycle,endpoint,endpointslice,endpointslicemirroring"
 
 
 class ControlPlaneError(RuntimeError):
@@ -116,10 +121,18 @@ class ControlPlane:
     already started is stopped and the error names the component with its log tail.
     """
 
-    def __init__(self, data_dir: Path, *, bin_dir: Path | None = None, audit: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        bin_dir: Path | None = None,
+        audit: bool = False,
+        real_nodes: bool = False,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.bin_dir = bin_dir
         self.audit = audit
+        self.real_nodes = real_nodes
         self.state: ControlPlaneState | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -204,6 +217,8 @@ class ControlPlane:
                     "--max-requests-inflight=1000",
                     "--max-mutating-requests-inflight=500",
                     *audit_flags,
+                    # logs/exec reach a real kubelet at its node's InternalIP.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
                     "--v=0",
                 ],
             )
@@ -217,7 +232,7 @@ class ControlPlane:
                 [
                     str(bin_dir / "kube-controller-manager"),
                     f"--kubeconfig={kubeconfig}",
-                    f"--controllers={CONTROLLERS}",
+                    f"--controllers={self.controllers}",
                     "--leader-elect=false",
                     "--use-service-account-credentials=false",
                     f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -259,6 +274,10 @@ class ControlPlane:
         self.state.save()
         say(f"control plane up in {time.monotonic() - t0:.1f}s; KUBECONFIG={kubeconfig}")
         return self.state
+
+    @property
+    def controllers(self) -> str:
+        return f"{CONTROLLERS},{REAL_NODE_CONTROLLERS}" if self.real_nodes else CONTROLLERS
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         assert self.state is not None
