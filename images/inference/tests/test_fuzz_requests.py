@@ -388,7 +388,7 @@ def test_no_body_gets_a_5xx(server: ServerProcess, route: str) -> None:
     # A hang fails as a timeout: a valid body generates at most 200 tokens (/chat's default).
     with httpx.Client(base_url=server.base_url, timeout=30.0) as http:
 
-        @fuzz_settings(150)
+        @fuzz_settings(200)
         @given(case=cases(route))
         def fuzz(case: Case) -> None:
             check(http, case)
