@@ -36,6 +36,7 @@ async def serve(settings: Settings) -> int:
     runner = web.AppRunner(
         server.app(),
         handler_cancellation=True,  # a client disconnect cancels its handler: abort
+        auto_decompress=False,  # Content-Encoding is decoded by the server (decode_body)
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,7 @@ class Sampling:
     """Sampling fields shared by chat and text completions, validated."""
 
     max_tokens: int | None
+    max_tokens_field: str  # the field that gave max_tokens, for error messages
     temperature: float
     top_p: float
     top_k: int
@@ -94,28 +97,103 @@ class CompletionRequest:
     echo: bool
 
 
+CONTENT_ENCODINGS = ("gzip", "x-gzip", "deflate", "identity")
+
+
+def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body without its Content-Encoding (gzip, deflate), at most `limit` bytes.
+
+    The server decodes bodies itself rather than leaving it to aiohttp, whose decoder
+    answers a corrupt stream with a 500, a dropped connection or a request that never
+    ends; here a corrupt stream is a 400, an unknown encoding a 415, and a body that
+    inflates beyond the limit a 413.
+    """
+    if not content_encoding:
+        return raw
+    # "gzip, deflate": applied in that order, so undone in reverse.
+    for encoding in reversed([e.strip().lower() for e in content_encoding.split(",")]):
+        if encoding == "identity":
+            continue
+        if encoding not in CONTENT_ENCODINGS:
+            raise RequestError(
+                f"Content-Encoding {encoding!r} is not supported; use one of "
+                f"{', '.join(CONTENT_ENCODINGS)}",
+                status=415,
+                code="unsupported_content_encoding",
+            )
+        raw = _inflate(raw, encoding, limit)
+    return raw
+
+
+def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "deflate":
+        # RFC 9110's deflate is zlib-wrapped; some clients send raw deflate data.
+        wbits = zlib.MAX_WBITS if raw[:1] and raw[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    else:
+        wbits = zlib.MAX_WBITS | 16
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(
+            f"Request body is not valid {encoding} data (Content-Encoding): {exc}",
+            code="invalid_content_encoding",
+        ) from exc
+    if len(data) > limit:
+        raise RequestError(
+            f"Request body too large: it inflates beyond the limit of {limit} bytes",
+            status=413,
+        )
+    if not inflater.eof or inflater.unused_data:
+        raise RequestError(
+            f"Request body is not valid {encoding} data (Content-Encoding): the stream is "
+            + ("truncated" if not inflater.eof else "followed by extra bytes"),
+            code="invalid_content_encoding",
+        )
+    return data
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying why it is not one."""
     try:
         body = json.loads(raw)
+        where = (
+            _surrogate_path(body, "")
+            if isinstance(body, dict) and _may_hold_surrogate(raw)
+            else None
+        )
+    except RecursionError as exc:
+        raise RequestError(
+            "Request body is not valid JSON: arrays and objects are nested too deeply",
+            code="invalid_json",
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except ValueError as exc:  # Python refuses to convert integers this long
+        raise RequestError(
+            "Request body is not valid JSON: a number has more than "
+            f"{sys.get_int_max_str_digits()} digits",
+            code="invalid_json",
+        ) from exc
     if not isinstance(body, dict):
         raise RequestError("Request body must be a JSON object", code="invalid_json")
+    if where is not None:
+        raise RequestError(
+            f"Request body is not valid Unicode: {where} holds a lone UTF-16 "
+            "surrogate (an unpaired \\ud800-\\udfff escape)",
+            code="invalid_json",
+            param=where.split("[", 1)[0].split(".", 1)[0] or None,
+        )
+    return body
+
+
+def _may_hold_surrogate(raw: bytes) -> bool:
     # JSON admits "\ud800" (and Python's decoder lets UTF-8-encoded surrogates through),
     # but a lone surrogate is no Unicode text: the tokenizer and every encoder fail on
     # it later. Only bodies that can hold one (an escape, or the 0xED lead byte) are
-    # walked.
-    if b"\\u" in raw or b"\xed" in raw:
-        where = _surrogate_path(body, "")
-        if where is not None:
-            raise RequestError(
-                f"Request body is not valid Unicode: {where} holds a lone UTF-16 "
-                "surrogate (an unpaired \\ud800-\\udfff escape)",
-                code="invalid_json",
-                param=where.split("[", 1)[0].split(".", 1)[0] or None,
-            )
-    return body
+    # walked, and bodies in UTF-16 or UTF-32 (json.loads detects them), where neither
+    # shows as those bytes.
+    return b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -163,6 +241,25 @@ def int_field(body: dict[str, Any], key: str, *, minimum: int) -> int | None:
     return int(value)
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit signed integer, as OpenAI and vLLM
+
+
+def seed_field(body: dict[str, Any], key: str, *, name: str | None = None) -> int | None:
+    """An optional seed: an integer that fits 64 bits (engines fail on larger ones)."""
+    value = body.get(key)
+    name = name or key
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise RequestError(f"'{name}' must be an integer, got {value!r}", param=name)
+    if not SEED_MIN <= value <= SEED_MAX:
+        raise RequestError(
+            f"'{name}' must be between {SEED_MIN} and {SEED_MAX} (64 bits), got {value}",
+            param=name,
+        )
+    return int(value)
+
+
 def number_field(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
     value = body.get(key)
     if value is None:
@@ -205,9 +302,11 @@ def _top_k(body: dict[str, Any]) -> int:
 
 
 def parse_sampling(body: dict[str, Any]) -> Sampling:
-    max_tokens = int_field(body, "max_completion_tokens", minimum=1)
+    max_tokens_field = "max_completion_tokens"
+    max_tokens = int_field(body, max_tokens_field, minimum=1)
     if max_tokens is None:
-        max_tokens = int_field(body, "max_tokens", minimum=1)
+        max_tokens_field = "max_tokens"
+        max_tokens = int_field(body, max_tokens_field, minimum=1)
     stop = body.get("stop")
     if stop is None:
         stops: tuple[str, ...] = ()
@@ -221,14 +320,13 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         stops = tuple(s for s in stop if s)
     else:
         raise RequestError("'stop' must be a string or a list of strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise RequestError(f"'seed' must be an integer, got {seed!r}", param="seed")
+    seed = seed_field(body, "seed")
     n = int_field(body, "n", minimum=1) or 1
     if n > MAX_N:
         raise RequestError(f"'n' must be at most {MAX_N}, got {n}", param="n")
     return Sampling(
         max_tokens=max_tokens,
+        max_tokens_field=max_tokens_field,
         temperature=number_field(body, "temperature", 1.0, 0.0, 2.0),
         top_p=number_field(body, "top_p", 1.0, 1e-9, 1.0),
         top_k=_top_k(body),
@@ -370,9 +468,7 @@ def parse_quickstart_options(kwargs: dict[str, Any], prompt_len: int) -> Samplin
     do_sample = kwargs.get("do_sample", True)
     if not isinstance(do_sample, bool):
         raise RequestError("'generate_kwargs.do_sample' must be a boolean", param="do_sample")
-    seed = kwargs.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise RequestError("'generate_kwargs.seed' must be an integer", param="seed")
+    seed = seed_field(kwargs, "seed", name="generate_kwargs.seed")
     top_k = int_field(kwargs, "top_k", minimum=0)
     return SamplingOptions(
         max_tokens=max_new,

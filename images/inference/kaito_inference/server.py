@@ -43,8 +43,10 @@ from .generation import (
 )
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics, render
 from .protocol import (
+    SEED_MIN,
     RequestError,
     Sampling,
+    decode_body,
     parse_chat_request,
     parse_completion_request,
     parse_json,
@@ -211,7 +213,13 @@ class Server:
                 f"Request body too large: {request.content_length} bytes, the limit is {limit}",
                 status=413,
             )
-        return parse_json(await request.read())
+        try:
+            raw = await request.read()
+        except web.HTTPException:
+            raise  # 413 beyond client_max_size
+        except Exception as exc:  # aiohttp's payload errors: broken chunked encoding...
+            raise RequestError(f"Request body cannot be read: {exc}".strip()) from exc
+        return parse_json(decode_body(raw, request.headers.get("Content-Encoding"), limit))
 
     def _resolve(self, model: str, info: EngineInfo) -> Adapter | None:
         """The adapter `model` names, None for the base model; 400 for anything else."""
@@ -252,14 +260,27 @@ class Server:
             self.metrics.in_flight.dec()
 
     def _max_tokens(
-        self, info: EngineInfo, prompt_len: int, requested: int | None, default: int | None
+        self,
+        info: EngineInfo,
+        prompt_len: int,
+        requested: int | None,
+        default: int | None,
+        *,
+        prompt_param: str,
+        limit_param: str = "max_tokens",
     ) -> int:
         limit = info.max_model_len
+        if prompt_len == 0:
+            # vLLM refuses an empty prompt, transformers fails on it: nothing to continue.
+            raise RequestError(
+                f"'{prompt_param}' is empty: the prompt has no tokens to continue",
+                param=prompt_param,
+            )
         if prompt_len >= limit:
             raise RequestError(
                 f"This model's maximum context length is {limit} tokens. However, your prompt "
                 f"has {prompt_len} tokens. Please reduce the length of the prompt.",
-                param="messages",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         remaining = limit - prompt_len
@@ -270,7 +291,7 @@ class Server:
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} in "
                 "the completion). Please reduce the length of the prompt or completion.",
-                param="max_tokens",
+                param=limit_param,
                 code="context_length_exceeded",
             )
         return requested
@@ -289,21 +310,28 @@ class Server:
         for token in ids:
             if not 0 <= token < info.vocab_size:
                 raise RequestError(
-                    f"Token id {token} is outside the vocabulary (0..{info.vocab_size - 1})",
+                    f"'prompt' holds token id {token}, outside the vocabulary "
+                    f"(0..{info.vocab_size - 1})",
                     param="prompt",
                 )
 
     @staticmethod
-    def _options(sampling: Sampling, max_tokens: int, sample: int) -> SamplingOptions:
-        return SamplingOptions(
-            max_tokens=max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            repetition_penalty=sampling.repetition_penalty,
-            stop=sampling.stop,
-            seed=None if sampling.seed is None else sampling.seed + sample,
-            ignore_eos=sampling.ignore_eos,
+    def _options(
+        info: EngineInfo, sampling: Sampling, max_tokens: int, sample: int
+    ) -> SamplingOptions:
+        seed = None if sampling.seed is None else _wrap_seed(sampling.seed + sample)
+        return _engine_options(
+            info,
+            SamplingOptions(
+                max_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                repetition_penalty=sampling.repetition_penalty,
+                stop=sampling.stop,
+                seed=seed,
+                ignore_eos=sampling.ignore_eos,
+            ),
         )
 
     def _generation(self, adapter: Adapter | None, choices: list[Choice]) -> Generation:
@@ -342,14 +370,21 @@ class Server:
         adapter = self._resolve(req.model, info)
         with self._admitted():
             ids = self._render_chat(req.messages)
-            max_tokens = self._max_tokens(info, len(ids), req.sampling.max_tokens, None)
+            max_tokens = self._max_tokens(
+                info,
+                len(ids),
+                req.sampling.max_tokens,
+                None,
+                prompt_param="messages",
+                limit_param=req.sampling.max_tokens_field,
+            )
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
             choices = [
                 Choice(
                     index=i,
                     request_id=request_id if req.sampling.n == 1 else f"{request_id}-{i}",
                     prompt_token_ids=ids,
-                    options=self._options(req.sampling, max_tokens, i),
+                    options=self._options(info, req.sampling, max_tokens, i),
                 )
                 for i in range(req.sampling.n)
             ]
@@ -404,7 +439,12 @@ class Server:
                     self._check_token_ids(info, prompt)
                     ids, text = prompt, ""
                 max_tokens = self._max_tokens(
-                    info, len(ids), req.sampling.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS
+                    info,
+                    len(ids),
+                    req.sampling.max_tokens,
+                    COMPLETIONS_DEFAULT_MAX_TOKENS,
+                    prompt_param="prompt",
+                    limit_param=req.sampling.max_tokens_field,
                 )
                 for i in range(req.sampling.n):
                     index = p * req.sampling.n + i
@@ -413,7 +453,7 @@ class Server:
                             index=index,
                             request_id=request_id if index == 0 else f"{request_id}-{index}",
                             prompt_token_ids=ids,
-                            options=self._options(req.sampling, max_tokens, i),
+                            options=self._options(info, req.sampling, max_tokens, i),
                             prefix=text if req.echo else "",
                         )
                     )
@@ -478,9 +518,16 @@ class Server:
                 ids = self.engine.tokenize(prompt)
                 prefix = prompt if body.get("return_full_text", True) else ""
             options = parse_quickstart_options(kwargs, len(ids))
-            options = dataclasses.replace(
-                options, max_tokens=self._max_tokens(info, len(ids), options.max_tokens, None)
+            max_tokens = self._max_tokens(
+                info,
+                len(ids),
+                options.max_tokens,
+                None,
+                prompt_param="messages" if messages is not None else "prompt",
+                limit_param="generate_kwargs."
+                + ("max_new_tokens" if kwargs.get("max_new_tokens") is not None else "max_length"),
             )
+            options = _engine_options(info, dataclasses.replace(options, max_tokens=max_tokens))
             choice = Choice(
                 index=0,
                 request_id=f"chat-{uuid.uuid4().hex}",
@@ -489,6 +536,19 @@ class Server:
             )
             await self._run(self._generation(adapter, [choice]))
             return web.json_response({"Result": prefix + "".join(choice.text)}, dumps=json_text)
+
+
+def _wrap_seed(seed: int) -> int:
+    """`seed` folded into 64 signed bits (seed + sample index can leave them)."""
+    return (seed - SEED_MIN) % 2**64 + SEED_MIN
+
+
+def _engine_options(info: EngineInfo, options: SamplingOptions) -> SamplingOptions:
+    """`options` as every engine takes them: a top-k beyond the vocabulary filters nothing
+    (vLLM's worker would otherwise see integers that overflow its tensors)."""
+    if options.top_k >= info.vocab_size:
+        return dataclasses.replace(options, top_k=0)
+    return options
 
 
 def _since(started: float) -> float:

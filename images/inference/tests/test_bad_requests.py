@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
 from typing import Any
 
 import httpx
@@ -215,3 +218,160 @@ def test_requests_beyond_the_admission_limit_get_429(
             stream.close()
     wait_idle(http)
     client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+
+
+# -- what the fuzzer (test_fuzz_requests.py) found: each was a 5xx, a reset or a hang ----
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": 2**63}, "seed"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": 2**64}, "seed"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": MESSAGES, "seed": -(2**63) - 1},
+            "seed",
+        ),
+        ("/chat", {"prompt": "x", "generate_kwargs": {"seed": 10**30}}, "generate_kwargs.seed"),
+    ],
+    ids=["2**63", "2**64", "below -2**63", "quick start"],
+)
+def test_a_seed_beyond_64_bits_is_a_400(
+    http: httpx.Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    """torch and vLLM's serializer fail on such seeds: it was a 500 on both engines."""
+    error = error_of(http.post(path, json={**body, "max_tokens": 1}), 400)
+    assert error["param"] == field
+    assert error["message"].startswith(f"'{field}' must be between -9223372036854775808 and "), (
+        error["message"]
+    )
+
+
+def test_the_largest_seed_with_n_samples_stays_within_64_bits(http: httpx.Client) -> None:
+    """Sample i is seeded with seed + i, folded back into 64 bits."""
+    body = {"model": "tiny", "prompt": "x", "seed": 2**63 - 1, "n": 3, "max_tokens": 2}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 3
+
+
+@pytest.mark.parametrize("top_k", [4096, 2**31, 2**63, 2**64 - 1, 10**30])
+def test_a_top_k_beyond_the_vocabulary_filters_nothing(http: httpx.Client, top_k: int) -> None:
+    """vLLM's worker overflowed on it (500); it now means no top-k, as vLLM's own server."""
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 0}
+    greedy = http.post("/v1/completions", json=body)
+    response = http.post("/v1/completions", json={**body, "top_k": top_k, "temperature": 0.0})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+    quick = http.post(
+        "/chat", json={"prompt": "x", "generate_kwargs": {"max_new_tokens": 1, "top_k": top_k}}
+    )
+    assert quick.status_code == 200, quick.text
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-45, 9.9e-6])
+def test_a_temperature_next_to_zero_is_greedy(http: httpx.Client, temperature: float) -> None:
+    """transformers divided the logits by it into NaN probabilities (500)."""
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 3, "temperature": 0}
+    greedy = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    response = http.post("/v1/completions", json={**body, "temperature": temperature})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == greedy
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": ""}, "prompt"),
+        ("/v1/completions", {"model": "tiny", "prompt": ["x", ""]}, "prompt"),
+        ("/chat", {"prompt": ""}, "prompt"),
+    ],
+)
+def test_an_empty_prompt_is_a_400(
+    http: httpx.Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    """No token to continue: transformers failed (500), vLLM answered without a param."""
+    error = error_of(http.post(path, json={**body, "max_tokens": 1}), 400)
+    assert error["message"] == f"'{field}' is empty: the prompt has no tokens to continue"
+    assert error["param"] == field
+
+
+DEEP = "Request body is not valid JSON: arrays and objects are nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 50_000, DEEP),
+        (b'{"a":' * 10_000, DEEP),
+        (  # near the decoder's limit, and the surrogate check walks as deep: a 400 either way
+            b'{"model": "tiny", "a": ' + b"[" * 960 + b'"\\ud800"' + b"]" * 960 + b"}",
+            None,
+        ),
+        (
+            b'{"model": "tiny", "prompt": "x", "seed": ' + b"9" * 5000 + b"}",
+            "Request body is not valid JSON: a number has more than 4300 digits",
+        ),
+    ],
+    ids=["arrays", "objects", "surrogate walk", "digits"],
+)
+def test_json_the_decoder_refuses_is_a_400(
+    http: httpx.Client, body: bytes, message: str | None
+) -> None:
+    """RecursionError and Python's integer digit limit escaped as 500s."""
+    error = error_of(http.post("/v1/completions", content=body), 400)
+    assert error["code"] == "invalid_json"
+    if message is not None:
+        assert error["message"] == message
+
+
+def test_a_utf16_body_with_a_lone_surrogate_is_a_400(http: httpx.Client) -> None:
+    """json.loads reads UTF-16; the surrogate check only looked for UTF-8 bytes (500)."""
+    body = '{"model": "tiny", "prompt": "\\ud800", "max_tokens": 1}'.encode("utf-16")
+    error = error_of(http.post("/v1/completions", content=body), 400)
+    assert "prompt holds a lone UTF-16 surrogate" in error["message"]
+    fine = '{"model": "tiny", "prompt": "x", "max_tokens": 1}'.encode("utf-16")
+    assert http.post("/v1/completions", content=fine).status_code == 200
+
+
+def test_compressed_bodies_are_decoded_and_bad_ones_are_4xx(http: httpx.Client) -> None:
+    """aiohttp's own decoding answered corrupt data with a 500 and a dropped keep-alive
+    connection, and raw-deflate garbage with a request that never ended."""
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        headers = {"Content-Encoding": encoding}
+        response = http.post("/v1/completions", content=data, headers=headers)
+        assert response.status_code == 200, response.text
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    data = raw_deflate.compress(body) + raw_deflate.flush()
+    response = http.post("/v1/completions", content=data, headers={"Content-Encoding": "deflate"})
+    assert response.status_code == 200, response.text
+    cases = [
+        ("gzip", b"not gzip", 400, "Request body is not valid gzip data (Content-Encoding): "),
+        ("deflate", b"{}", 400, "Request body is not valid deflate data (Content-Encoding): "),
+        ("gzip", gzip.compress(body)[:-8], 400, "the stream is truncated"),
+        ("gzip", gzip.compress(b" " * (MAX_REQUEST_BYTES + 1)), 413, "inflates beyond the limit"),
+        ("br", body, 415, "Content-Encoding 'br' is not supported; use one of gzip"),
+    ]
+    for encoding, data, status, needle in cases:
+        response = http.post(
+            "/v1/completions", content=data, headers={"Content-Encoding": encoding}, timeout=10
+        )
+        assert needle in error_of(response, status)["message"], (encoding, data)
+    # The same keep-alive connection still serves.
+    assert http.post("/v1/completions", content=body).status_code == 200
+
+
+def test_errors_about_the_prompt_name_it(http: httpx.Client) -> None:
+    vocabulary = error_of(
+        http.post("/v1/completions", json={"model": "tiny", "prompt": [10**6]}), 400
+    )
+    assert vocabulary["message"].startswith("'prompt' holds token id 1000000, outside")
+    too_long = {"model": "tiny", "prompt": "hello " * MAX_MODEL_LEN, "max_tokens": 1}
+    assert error_of(http.post("/v1/completions", json=too_long), 400)["param"] == "prompt"
+    beyond = {"model": "tiny", "prompt": "x", "max_completion_tokens": MAX_MODEL_LEN}
+    error = error_of(http.post("/v1/completions", json=beyond), 400)
+    assert error["param"] == "max_completion_tokens"
+    quick = {"prompt": "x", "generate_kwargs": {"max_length": MAX_MODEL_LEN + 5}}
+    assert error_of(http.post("/chat", json=quick), 400)["param"] == "generate_kwargs.max_length"

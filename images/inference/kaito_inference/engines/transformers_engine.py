@@ -33,6 +33,7 @@ from .detokenize import IncrementalDecoder
 
 log = structlog.get_logger(__name__)
 
+_GREEDY_BELOW_TEMPERATURE = 1e-5  # vLLM's _SAMPLING_EPS
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _E2E_BUCKETS = (0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 300)
 
@@ -306,18 +307,21 @@ class TransformersEngine(Engine):
                 return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
 
         options = job.options
+        # As vLLM: a temperature this close to 0 is greedy decoding (dividing the logits
+        # by it overflows float32 into inf and NaN probabilities).
+        sample = options.temperature >= _GREEDY_BELOW_TEMPERATURE
         model = self._model_for(job.adapter)
         streamer = _Streamer(job, self._tokenizer, self._metrics)
         input_ids = torch.tensor([job.prompt_token_ids], device=self._device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_tokens,
-            "do_sample": options.temperature > 0,
+            "do_sample": sample,
             "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
             "eos_token_id": self._tokenizer.eos_token_id,
             "streamer": streamer,
             "stopping_criteria": StoppingCriteriaList([_Cancelled()]),
         }
-        if options.temperature > 0:
+        if sample:
             kwargs["temperature"] = options.temperature
             kwargs["top_p"] = options.top_p
             kwargs["top_k"] = options.top_k  # 0: no top-k (OpenAI), unlike transformers' 50
