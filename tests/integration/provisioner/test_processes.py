@@ -198,6 +198,10 @@ async def _exists(path: Path) -> bool:
     return _nonempty(path)
 
 
+def _bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def _nonempty(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
@@ -230,7 +234,7 @@ async def test_emulator_killed_mid_create_restarts_as_the_same_cluster_and_finis
     prov_env = {**env, **_read_env(env_file)}
     prov_env.update(ARM_POLLING_INTERVAL="0.1", MACHINE_LABEL_SELECTOR=f"kaito-test={test_id}")
     url, ca_file = prov_env["ARM_BASE_URL"], prov_env["ARM_CA_BUNDLE"]
-    ca_before = Path(ca_file).read_bytes()
+    ca_before = _bytes(ca_file)
     prov = Proc(
         ["gpu-provisioner", "--metrics-bind-address", "0", "--health-probe-bind-address", "0"],
         prov_env,
@@ -265,7 +269,7 @@ async def test_emulator_killed_mid_create_restarts_as_the_same_cluster_and_finis
     assert emu.stop(signal.SIGKILL) == -signal.SIGKILL
     emu2 = Proc(emu_argv, env, tmp_path / "emulator-2.log")
     procs.append(emu2)
-    assert Path(ca_file).read_bytes() == ca_before, "a restart keeps the emulator's CA"
+    assert _bytes(ca_file) == ca_before, "a restart keeps the emulator's CA"
 
     async def ready() -> dict[str, Any] | None:
         m = await client.get(MACHINES, name)
