@@ -186,6 +186,9 @@ class _Phase:
     cycle: Cycle
     phase: str
     started: float
+    """When the phase began, or, later, when the last killed component was restarted: a
+    stall is timed from when every component runs again (while one is dead, the stall
+    is the outage, which the report lists as a kill)."""
     converged: bool = False
     invisible_since: float | None = None
 
@@ -343,6 +346,8 @@ class ChaosRun:
                 return
             await asyncio.sleep(0.3)
         self.cluster.restart("workspace-controller")
+        if self._phase is not None:
+            self._phase.started = time.monotonic()
 
     def _kill_later(
         self, kill: Kill | None, phase: str, result: CycleResult
@@ -357,6 +362,8 @@ class ChaosRun:
             await asyncio.sleep(kill.down)
             self.say(f"  restarting {kill.component} after {kill.down:g}s down")
             await asyncio.to_thread(self.cluster.restart, kill.component)
+            if self._phase is not None and self._phase.phase == phase:
+                self._phase.started = time.monotonic()
 
         return asyncio.create_task(strike(), name=f"kill {kill.component}")
 
