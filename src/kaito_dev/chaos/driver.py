@@ -320,9 +320,12 @@ class ChaosRun:
             return
         if result.create_seconds < STALL_GRACE:
             return
-        killed_emulator = cycle.kill is not None and cycle.kill.component == "aks-emulator"
+        # A kill during the storm excuses it: a dead emulator forgets its faults, a dead
+        # provisioner makes no ARM call, a dead apiserver or etcd takes no status write.
+        kill = cycle.kill
+        overlapped = kill is not None and kill.phase == "create" and kill.after < storm.seconds
         want = STORM_REASONS[storm.kind]
-        if want not in result.reasons and not killed_emulator:
+        if want not in result.reasons and not overlapped:
             self.report.invisible_stalls.append(
                 f"cycle {cycle.index}: the {storm.kind} storm held the create "
                 f"{result.create_seconds:.1f}s, but no condition said {want} "
