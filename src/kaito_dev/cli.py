@@ -68,6 +68,13 @@ def add_commands(sub: Any) -> None:
     hf_hub_cli.add_arguments(
         sub.add_parser("hf-hub", help="serve a Hugging Face hub emulator (HF_ENDPOINT) with faults")
     )
+    from kaito_dev.chaos import cli as chaos_cli
+
+    chaos_cli.add_arguments(
+        sub.add_parser(
+            "chaos", help="seeded Workspace cycles under SIGKILLs and ARM fault storms (a report)"
+        )
+    )
 
 
 def _progress(t0: float) -> Any:

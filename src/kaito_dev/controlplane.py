@@ -135,6 +135,7 @@ class ControlPlane:
         self.real_nodes = real_nodes
         self.state: ControlPlaneState | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
 
     # -- start ---------------------------------------------------------------------------
 
@@ -279,8 +280,23 @@ class ControlPlane:
     def controllers(self) -> str:
         return f"{CONTROLLERS},{REAL_NODE_CONTROLLERS}" if self.real_nodes else CONTROLLERS
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (``etcd``, ``kube-apiserver``, ...) and reap it."""
+        proc = self._procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a killed component again with its first command line (same ports, same
+        data directory); returns at once, without waiting for it to be ready."""
+        if self._procs[name].poll() is None:
+            raise ControlPlaneError(f"{name} is still running; kill it first")
+        self._spawn(name, self._argv[name])
+
     def _spawn(self, name: str, argv: list[str]) -> None:
         assert self.state is not None
+        self._argv[name] = argv
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"{name}.log", "ab") as out:

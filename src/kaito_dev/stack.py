@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +85,8 @@ class Stack:
         self.logs = self.dir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.ports: dict[str, int] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self.env = {
             **os.environ,
             "KUBECONFIG": state.kubeconfig,
@@ -95,6 +98,7 @@ class Stack:
         """Start ``kaito <args>``; ``dev ...`` runs this package directly (`kaito.cli`
         would hand it over with an exec anyway)."""
         command = ["-m", "kaito_dev", *args[1:]] if args[0] == "dev" else ["-m", "kaito.cli", *args]
+        self._commands[name] = (args, env)
         with open(self.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, *command],
@@ -104,9 +108,24 @@ class Stack:
                 env=env or self.env,
                 start_new_session=True,
             )
+        self.procs[name] = proc
         self.state.pids[name] = proc.pid
         self.state.save()
         return proc.pid
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the component ``name`` (as the kernel's OOM killer would) and reap it."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, name: str) -> int:
+        """Start ``name`` again with the command and environment it was first given."""
+        if self.procs[name].poll() is None:
+            raise ControlPlaneError(f"{name} is still running; kill it first")
+        args, env = self._commands[name]
+        return self.spawn(name, args, env)
 
     def wait_for(self, what: str, check: Callable[[], bool], pid: int, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -124,17 +143,21 @@ class Stack:
             time.sleep(0.1)
         raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
 
-    def start_aks_emulator(self, *, create_latency: float = 2.0) -> dict[str, str]:
-        """The emulated AKS agent-pool API; returns the provisioner's environment."""
+    def start_aks_emulator(
+        self, *, create_latency: float = 2.0, port: int = 0, extra: tuple[str, ...] = ()
+    ) -> dict[str, str]:
+        """The emulated AKS agent-pool API; returns the provisioner's environment. A fixed
+        ``port`` lets a restarted emulator answer on the same URL; ``extra`` arguments
+        (e.g. ``--delete-latency``) follow the defaults."""
         emu_dir = self.dir / "aks-emulator"
         env_file = emu_dir / "provisioner.env"
         self.say(f"starting the AKS emulator (agent pools take {create_latency:g}s to create)")
         pid = self.spawn(
             "aks-emulator",
             [
-                "dev", "aks-emulator", "--port", "0", "--dir", str(emu_dir),
+                "dev", "aks-emulator", "--port", str(port), "--dir", str(emu_dir),
                 "--cluster-name", "kaito-dev", "--create-latency", str(create_latency),
-                "--node-ready-delay", "0.5",
+                "--node-ready-delay", "0.5", *extra,
             ],
         )  # fmt: skip
 
@@ -148,9 +171,13 @@ class Stack:
         """The environment of a controller authenticated as its ServiceAccount."""
         return {**self.env, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.NAMESPACE}
 
-    def start_gpu_provisioner(self, arm_env: dict[str, str], kubeconfig: str) -> None:
+    def start_gpu_provisioner(
+        self, arm_env: dict[str, str], kubeconfig: str, extra_env: dict[str, str] | None = None
+    ) -> None:
+        """``extra_env`` (e.g. ``REGISTRATION_TIMEOUT_SECONDS``) overrides the defaults."""
         self.say("starting the gpu-provisioner (as ServiceAccount kaito-system/gpu-provisioner)")
         env = {**self.identity_env(kubeconfig), **arm_env, "ARM_POLLING_INTERVAL": "0.2"}
+        env.update(extra_env or {})
         metrics = self.ports["gpu-provisioner-metrics"] = free_port()
         self.spawn(
             "gpu-provisioner",

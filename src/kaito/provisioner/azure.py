@@ -24,6 +24,7 @@ import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -135,6 +136,11 @@ class AgentPoolAPI(Protocol):
         """Whether ``token`` is a continuation token for this API's ARM endpoint."""
         ...
 
+    def retrying(self, name: str) -> AzureError | None:
+        """The transient failure (408/429/5xx) ARM answered the pool's latest request with,
+        while the SDK is still retrying it; None when the latest answer was not one."""
+        ...
+
     async def delete(self, name: str, *, wait: bool = True, reissue: bool = False) -> None:
         """Delete the pool: absent -> done; Deleting -> wait (``reissue``: send the DELETE
         again first, which AKS answers idempotently); else begin delete (and wait)."""
@@ -172,6 +178,30 @@ def _operation(method: str, url: str) -> str:
     if method == "DELETE":
         return "delete"
     return "list" if path.endswith("/agentpools") else "get"
+
+
+def _pool_of(url: str) -> str | None:
+    """The agent pool a request's URL names (None for lists and operation polls)."""
+    parts = urllib.parse.urlsplit(url).path.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() == "agentpools":
+            return parts[i + 1] or None
+    return None
+
+
+@dataclass
+class _Retrying:
+    """Transient answers to a pool's requests since its last other answer."""
+
+    status: int
+    operation: str
+    retry_after: str | None
+    since: str
+    answers: int = 1
+
+
+def _transient(status: int) -> bool:
+    return status in (408, 429) or status >= 500
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -228,13 +258,43 @@ class AzureAgentPoolAPI:
             **kw,
         )
         self._pools = self._client.agent_pools
+        self._retrying: dict[str, _Retrying] = {}
 
-    @staticmethod
-    def _observe(response: Any) -> None:
-        request = response.http_request
-        observe_azure_response(
-            _operation(request.method, request.url), response.http_response.status_code
+    def _observe(self, response: Any) -> None:
+        """Every answer, retries included (the hook runs inside the SDK's retry loop):
+        count it, and remember a transient one until the pool's next other answer, so
+        that `retrying` can say what the SDK is quietly waiting out."""
+        request, status = response.http_request, response.http_response.status_code
+        operation = _operation(request.method, request.url)
+        observe_azure_response(operation, status)
+        pool = _pool_of(request.url)
+        if pool is None:
+            return
+        if not _transient(status):
+            self._retrying.pop(pool, None)
+            return
+        note = self._retrying.get(pool)
+        if note is not None and note.status == status and note.operation == operation:
+            note.answers += 1
+            return
+        self._retrying[pool] = _Retrying(
+            status,
+            operation,
+            response.http_response.headers.get("Retry-After"),
+            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
+
+    def retrying(self, name: str) -> AzureError | None:
+        note = self._retrying.get(name)
+        if note is None:
+            return None
+        reason = ErrorReason.THROTTLED if note.status == 429 else ErrorReason.AZURE_SERVER_ERROR
+        wait = f", Retry-After {note.retry_after}s" if note.retry_after else ""
+        message = (
+            f"ARM has answered the {note.operation} request for agent pool {name} with HTTP "
+            f"{note.status} since {note.since}{wait}; the Azure SDK keeps retrying it"
+        )
+        return AzureError(reason, message, status=note.status)
 
     async def close(self) -> None:
         await self._client.close()

@@ -11,11 +11,18 @@ everything here is about waiting well (PROVISIONER.md, "Lifecycle of one Machine
   deleted (`DeletionWatch`); the token keeps its place for the next reconcile.
 - Azure failures become ``MachineLaunched=False`` with Azure's reason and message,
   retried with the lifecycle's per-Machine backoff.
+- A transient failure the SDK retries by itself (429 throttling, 5xx) is not waited out
+  silently: while the reconcile waits, it looks every `RETRY_CHECK` seconds whether the
+  pool's latest answer was one (`AgentPoolAPI.retrying`) and if so says it at once as
+  ``MachineLaunched=False`` (reason ``Throttled`` or ``AzureServerError``, severity
+  Warning) and an Event. Without this a throttling storm whose Retry-After outlasts
+  ``lro_wait`` left the Machine "provisioning" for as long as it lasted, with no reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -37,6 +44,8 @@ __all__ = ["DeletionWatch", "Launcher"]
 T = TypeVar("T")
 
 LAUNCHED = ConditionType.LAUNCHED
+RETRY_CHECK = 1.0
+"""Seconds between looks at `AgentPoolAPI.retrying` while a reconcile waits on Azure."""
 _WAIT_STATES = frozenset({"Creating", "Updating", "Scaling", "Upgrading", "Starting"})
 
 
@@ -92,7 +101,7 @@ class Launcher:
 
     async def launch(self, ctx: MachineContext) -> Result | None:
         try:
-            pool = await self._unless_deleted(ctx.name, self._create_or_resume(ctx))
+            pool = await self._unless_deleted(ctx, self._create_or_resume(ctx))
         except _Deleted:
             ctx.log.info("machine deleted while its agent pool was being created")
             return None
@@ -167,13 +176,32 @@ class Launcher:
 
         return await self.api.create(spec, on_started=save)
 
-    async def _unless_deleted(self, name: str, work: Awaitable[T]) -> T:
-        """``await work`` for at most ``lro_wait`` seconds, unless the Machine is deleted."""
-        event = self.deletions.watch(name)
+    async def _unless_deleted(self, ctx: MachineContext, work: Awaitable[T]) -> T:
+        """``await work`` for at most ``lro_wait`` seconds, unless the Machine is deleted;
+        meanwhile report what the SDK is retrying (`_report_retrying`)."""
+        event = self.deletions.watch(ctx.name)
+        task = asyncio.ensure_future(run_unless(event, work))
         try:
             async with asyncio.timeout(self.config.lro_wait):
-                return await run_unless(event, work)
+                while True:
+                    done, _ = await asyncio.wait({task}, timeout=RETRY_CHECK)
+                    if done:
+                        return task.result()
+                    await self._report_retrying(ctx)
         except Interrupted:
             raise _Deleted from None
         finally:
-            self.deletions.unwatch(name)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Interrupted):
+                    await task
+            self.deletions.unwatch(ctx.name)
+
+    async def _report_retrying(self, ctx: MachineContext) -> None:
+        error = self.api.retrying(ctx.name)
+        if error is None:
+            return
+        if ctx.status.set(LAUNCHED, "False", error.reason, str(error), severity="Warning"):
+            self.writer.event(ctx.machine, EventType.WARNING, error.reason, str(error))
+            ctx.log.warning("azure keeps answering with a transient error", error=str(error))
+            await self.writer.write_status(ctx)

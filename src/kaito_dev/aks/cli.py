@@ -1,7 +1,10 @@
 """``kaito dev aks-emulator``: the emulated AKS agent-pool API as a process.
 
 It serves the ARM wire protocol over HTTPS with a self-signed certificate written to
-``--dir`` and prints the environment a gpu-provisioner needs to use it.
+``--dir`` and prints the environment a gpu-provisioner needs to use it. Its pools and
+operations live in ``--dir``/state.json: started again on the same ``--dir`` (and
+``--port``), it is the same cluster, with the same CA, as AKS is to a client after a
+restart of either.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ async def _run_emulator(args: argparse.Namespace) -> int:
 
     directory: Path = args.dir.resolve()
     hosts = sorted({args.host, "127.0.0.1", "localhost"})
-    ca, cert, key = write_self_signed(directory, hosts)
+    ca, cert, key = (directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    if not all(f.exists() for f in (ca, cert, key)):  # a restart keeps its CA
+        ca, cert, key = write_self_signed(directory, hosts)
     config = EmulatorConfig(
         subscription_id=args.subscription_id,
         resource_group=args.resource_group,
@@ -56,7 +61,12 @@ async def _run_emulator(args: argparse.Namespace) -> int:
     )
     async with Client(await ClientConfig.load(args.kubeconfig)) as kube:
         emulator = AKSEmulator(
-            kube, config, host=args.host, port=args.port, tls=CertWatcher(cert, key)
+            kube,
+            config,
+            host=args.host,
+            port=args.port,
+            tls=CertWatcher(cert, key),
+            state_file=directory / "state.json",
         )
         await emulator.start()
         env = {

@@ -73,7 +73,7 @@ class SimulatedKubelets:
                 await self.kube.create(NODES, node)
             names.append(name)
             if ready_delay > 0:
-                self._spawn(self._turn_ready(name, ready_delay), f"ready {name}")
+                self._spawn(self.turn_ready(name, ready_delay), f"ready {name}")
             else:
                 await self._untaint_not_ready(name)
         return names
@@ -104,7 +104,8 @@ class SimulatedKubelets:
                         NODES, name, {"status": {"conditions": conditions}}, subresource="status"
                     )
 
-    async def _turn_ready(self, name: str, delay: float) -> None:
+    async def turn_ready(self, name: str, delay: float) -> None:
+        """Post Ready for ``name`` after ``delay`` seconds and lift its not-ready taint."""
         await asyncio.sleep(delay)
         with contextlib.suppress(NotFound):
             await self.kube.patch(

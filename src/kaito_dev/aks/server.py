@@ -30,9 +30,12 @@ control surface and the helpers tests use.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import ssl
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -67,6 +70,9 @@ class AKSEmulator:
         host, port: where to listen; port 0 (default) picks a free one (see ``url``).
         tls: serve HTTPS with this context, or with a `CertWatcher`'s files, reloaded
             when they change (the SDK sends bearer tokens over HTTPS only).
+        state_file: keep the pools and operations in this JSON file (rewritten after
+            every change, read back by `start`), so a restarted emulator resumes where a
+            killed one stopped; default None (in memory only).
     """
 
     def __init__(
@@ -77,8 +83,10 @@ class AKSEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | CertWatcher | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.kube = kube
+        self.state_file = state_file
         self.config = config or EmulatorConfig()
         self.host, self.port = host, port
         self.tls = tls
@@ -99,7 +107,9 @@ class AKSEmulator:
             if kube is not None
             else None
         )
-        self.state = AgentPools(cfg, self.kubelets, self._spawn)
+        self.state = AgentPools(
+            cfg, self.kubelets, self._spawn, self._save if state_file is not None else None
+        )
         self._arm = ArmApi(cfg, self.state, self.faults, self.requests)
 
     @property
@@ -117,7 +127,16 @@ class AKSEmulator:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
+    def _save(self) -> None:
+        """Write the state file atomically (a kill mid-write leaves the previous one)."""
+        assert self.state_file is not None
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state.snapshot()))
+        os.replace(tmp, self.state_file)
+
     async def start(self) -> None:
+        if self.state_file is not None and self.state_file.exists():
+            self.state.restore(json.loads(self.state_file.read_text()))
         app = web.Application(middlewares=[self._arm.middleware])
         self._arm.add_routes(app.router)
         app.router.add_get("/_emulator/state", self._control_state)
@@ -192,7 +211,12 @@ class AKSEmulator:
         return web.json_response(
             {
                 "pools": {
-                    n: {"provisioningState": p.state, "nodes": p.nodes}
+                    n: {
+                        "provisioningState": p.state,
+                        "nodes": p.nodes,
+                        "count": p.properties.get("count", 1),
+                        "nodeLabels": p.properties.get("nodeLabels") or {},
+                    }
                     for n, p in self.pools.items()
                 },
                 "faults": [f.to_json() for f in self.faults.faults],

@@ -13,6 +13,12 @@ kubelets do not care): registering or removing Nodes is retried with the runtime
 ``Deleting`` forever by a restart of kube-apiserver. A DELETE of a pool whose delete is
 still running answers with that operation (AKS's idempotent DELETE); one whose task
 died is started again.
+
+The pools and operations also outlive the emulator's own process, as AKS's outlive a
+client: with a state file (`snapshot` after every change, `restore` at start) a
+restarted emulator knows every pool, answers polls of the operations it had started,
+and resumes the ones its predecessor was running (a SIGKILLed create or delete is
+finished by the new process, its Nodes made Ready again).
 """
 
 from __future__ import annotations
@@ -144,20 +150,91 @@ class AgentPools:
         config: latencies and the cluster's names.
         kubelets: registers and removes the pools' Nodes; None: no Nodes (ARM only).
         spawn: runs an operation's task; its owner cancels them all on stop.
+        on_change: called after every change of a pool or an operation (the emulator
+            saves a `snapshot` there); default none.
     """
 
     def __init__(
-        self, config: EmulatorConfig, kubelets: SimulatedKubelets | None, spawn: Spawn
+        self,
+        config: EmulatorConfig,
+        kubelets: SimulatedKubelets | None,
+        spawn: Spawn,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.config, self.kubelets, self._spawn = config, kubelets, spawn
+        self._on_change = on_change
         self.pools: dict[str, Pool] = {}
         self.operations: dict[str, Operation] = {}
+        self._late: dict[str, FaultKind] = {}
+        """The late fault (failed-lro, node-never-joins) of each pool still creating."""
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    def snapshot(self) -> Obj:
+        """Every pool and operation as JSON (what `restore` reads back)."""
+        return {
+            "pools": {
+                n: {
+                    "properties": p.properties,
+                    "nodes": p.nodes,
+                    "op": p.op.id if p.op else None,
+                    "late_fault": str(self._late[n]) if n in self._late else None,
+                }
+                for n, p in self.pools.items()
+            },
+            "operations": {
+                i: {
+                    "kind": o.kind,
+                    "pool": o.pool,
+                    "status": o.status,
+                    "error": o.error,
+                    "start": o.start,
+                    "end": o.end,
+                }
+                for i, o in self.operations.items()
+            },
+        }
+
+    def restore(self, data: Obj) -> list[str]:
+        """Load a `snapshot`; resume the operations that were running (a create ends as
+        its late fault said, a delete removes the Nodes) and make the Nodes of finished
+        pools Ready (their kubelets' pending turn-Ready died with the old process).
+        Returns the names of the pools whose operation was resumed."""
+        for op_id, o in (data.get("operations") or {}).items():
+            self.operations[op_id] = Operation(id=op_id, **o)
+        resumed = []
+        for name, p in (data.get("pools") or {}).items():
+            op = self.operations.get(p.get("op") or "")
+            pool = Pool(name=name, properties=p["properties"], op=op, nodes=list(p["nodes"]))
+            self.pools[name] = pool
+            if op is not None and not op.done:
+                resumed.append(name)
+                if op.kind == "delete":
+                    pool.task = self._spawn(self._delete(pool, op), f"delete {name}")
+                else:
+                    late = p.get("late_fault")
+                    failure = Fault(FaultKind(late)) if late else None
+                    if failure is not None:
+                        self._late[name] = failure.kind
+                    pool.task = self._spawn(self._create(pool, op, failure), f"create {name}")
+            elif self.kubelets is not None:
+                for node in pool.nodes:
+                    self._spawn(self._ready_again(self.kubelets, name, node), f"ready {node}")
+        log.info("agent pools restored", pools=sorted(self.pools), resumed=resumed)
+        return resumed
 
     def idle(self) -> bool:
         return not any(p.busy for p in self.pools.values())
 
     def node_names(self) -> list[str]:
         return [n for p in self.pools.values() for n in p.nodes]
+
+    async def _ready_again(self, kubelets: SimulatedKubelets, pool: str, node: str) -> None:
+        await self._until_apiserver_answers(
+            lambda: kubelets.turn_ready(node, 0.0), pool=pool, step="node ready again"
+        )
 
     def begin_create(self, name: str, props: Obj, *, failure: Fault | None) -> Pool:
         """A new pool, ``Creating``; ``failure`` (a late fault) decides how it ends."""
@@ -177,8 +254,11 @@ class AgentPools:
         }
         pool = Pool(name=name, properties=properties, op=op)
         self.pools[name] = pool
+        if failure is not None:
+            self._late[name] = failure.kind
         pool.task = self._spawn(self._create(pool, op, failure), f"create {name}")
         log.info("agent pool creating", pool=name, vm_size=props.get("vmSize"), operation=op.id)
+        self._changed()
         return pool
 
     def begin_delete(self, pool: Pool) -> Operation:
@@ -198,7 +278,9 @@ class AgentPools:
         pool.op = op
         pool.properties["provisioningState"] = "Deleting"
         pool.task = self._spawn(self._delete(pool, op), f"delete {pool.name}")
+        self._late.pop(pool.name, None)
         log.info("agent pool deleting", pool=pool.name, operation=op.id)
+        self._changed()
         return op
 
     def _new_operation(self, kind: str, pool: str) -> Operation:
@@ -211,6 +293,8 @@ class AgentPools:
         if failure is not None and failure.kind is FaultKind.NODE_NEVER_JOINS:
             pool.properties["provisioningState"] = "Succeeded"
             op.finish("Succeeded")
+            self._late.pop(pool.name, None)
+            self._changed()
             log.info("agent pool created; its node will never join", pool=pool.name)
             return
         if failure is not None:
@@ -220,6 +304,8 @@ class AgentPools:
             }
             pool.properties["provisioningState"] = "Failed"
             op.finish("Failed", error)
+            self._late.pop(pool.name, None)
+            self._changed()
             log.info("agent pool failed", pool=pool.name, code=error["code"])
             return
         kubelets = self.kubelets
@@ -233,6 +319,7 @@ class AgentPools:
             )
         pool.properties["provisioningState"] = "Succeeded"
         op.finish("Succeeded")
+        self._changed()
         log.info("agent pool created", pool=pool.name, nodes=pool.nodes)
 
     async def _delete(self, pool: Pool, op: Operation) -> None:
@@ -249,6 +336,7 @@ class AgentPools:
             pool.nodes = []
         self.pools.pop(pool.name, None)
         op.finish("Succeeded")
+        self._changed()
         log.info("agent pool deleted", pool=pool.name)
 
     async def _until_apiserver_answers(

@@ -80,3 +80,36 @@ async def test_a_transient_429_is_retried_by_the_sdk_after_retry_after(rig: Rig)
     assert rig.emulator.count(Op.CREATE, pool="thr1", status=201) == 1
     # Never surfaced: the SDK absorbed it.
     assert all(c["status"] == "True" for c in machine["status"]["conditions"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [(FaultKind.THROTTLE, "Throttled"), (FaultKind.SERVER_ERROR, "AzureServerError")],
+)
+async def test_a_storm_the_sdk_keeps_retrying_shows_on_the_machine_while_it_lasts(
+    rig: Rig, client: Client, kind: FaultKind, reason: str
+) -> None:
+    """Found by `make chaos`: with the SDK's retries outlasting the storm, a throttled or
+    failing PUT left the Machine "launching" with no reason until ARM answered again."""
+    name = f"r{kind.value.replace('-', '')[:9]}"
+    rig.emulator.inject(Fault(kind, pool=name, times=None, retry_after=1))
+    await rig.start(retry_total=30, retry_backoff_factor=0.5, lro_wait=60.0)
+    await rig.create_machine(name)
+
+    machine = await rig.wait_reason(name, reason, timeout=6)
+    launched = condition(machine, "MachineLaunched")
+    assert launched is not None and launched["status"] == "False", launched
+    assert launched["severity"] == "Warning"
+    assert "keeps retrying" in launched["message"], launched["message"]
+    assert f"HTTP {429 if kind is FaultKind.THROTTLE else 500}" in launched["message"]
+    ready = condition(machine, "Ready")
+    assert ready is not None and ready["reason"] == reason
+    assert rig.emulator.count(Op.CREATE, pool=name, status=201) == 0, "still in the SDK's retries"
+    events = await client.list(EVENTS, "default", field_selector=f"involvedObject.name={name}")
+    assert any(e["reason"] == reason for e in events["items"])
+
+    rig.emulator.clear_faults()
+    machine = await rig.wait_ready(name, timeout=20)
+    launched = condition(machine, "MachineLaunched")
+    assert launched is not None and launched["reason"] == "Launched"
+    assert rig.emulator.count(Op.CREATE, pool=name, status=201) == 1

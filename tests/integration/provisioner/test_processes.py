@@ -198,6 +198,10 @@ async def _exists(path: Path) -> bool:
     return _nonempty(path)
 
 
+def _bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def _nonempty(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
@@ -208,3 +212,88 @@ def _read_env(path: Path) -> dict[str, str]:
         key, _, value = line.removeprefix("export ").partition("=")
         out[key] = value
     return out
+
+
+async def test_emulator_killed_mid_create_restarts_as_the_same_cluster_and_finishes_the_pool(
+    client: Client, kubeconfig: str, machine_crd: None, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Found by `make chaos`: a SIGKILLed emulator forgot every pool (AKS never does), so
+    Machines lost their pools and Nodes were orphaned. Now it keeps its pools, operations
+    and CA in ``--dir``: started again there, it finishes the create it was running."""
+    test_id = uuid.uuid4().hex[:10]
+    port, env = free_port(), base_env(kubeconfig)
+    emu_argv = [
+        "dev", "aks-emulator", "--port", str(port), "--dir", str(tmp_path / "emu"),
+        "--cluster-name", f"aks{test_id[:8]}", "--create-latency", "2",
+        "--delete-latency", "0.2", "--node-ready-delay", "0.3", "--heartbeat-interval", "0",
+    ]  # fmt: skip
+    emu = Proc(emu_argv, env, tmp_path / "emulator-1.log")
+    procs.append(emu)
+    env_file = tmp_path / "emu" / "provisioner.env"
+    await wait_until(lambda: _exists(env_file), 30, "the emulator's env file", emu)
+    prov_env = {**env, **_read_env(env_file)}
+    prov_env.update(ARM_POLLING_INTERVAL="0.1", MACHINE_LABEL_SELECTOR=f"kaito-test={test_id}")
+    url, ca_file = prov_env["ARM_BASE_URL"], prov_env["ARM_CA_BUNDLE"]
+    ca_before = _bytes(ca_file)
+    prov = Proc(
+        ["gpu-provisioner", "--metrics-bind-address", "0", "--health-probe-bind-address", "0"],
+        prov_env,
+        tmp_path / "provisioner.log",
+    )
+    procs.append(prov)
+    name = f"e{test_id[:8]}"
+    await client.create(
+        MACHINES,
+        {
+            "metadata": {
+                "name": name,
+                "labels": {"kaito.sh/workspace": "ws", "kaito-test": test_id},
+            },
+            "spec": {
+                "requirements": [
+                    {
+                        "key": "node.kubernetes.io/instance-type",
+                        "operator": "In",
+                        "values": ["Standard_NC6s_v3"],
+                    }
+                ],
+                "resources": {"requests": {"storage": "100Gi"}},
+            },
+        },
+    )
+
+    async def creating() -> bool:
+        return bool(emulator_state(url, ca_file)["pools"].get(name))
+
+    await wait_until(creating, 30, "the pool creating", prov)
+    assert emu.stop(signal.SIGKILL) == -signal.SIGKILL
+    emu2 = Proc(emu_argv, env, tmp_path / "emulator-2.log")
+    procs.append(emu2)
+    assert _bytes(ca_file) == ca_before, "a restart keeps the emulator's CA"
+
+    async def ready() -> dict[str, Any] | None:
+        m = await client.get(MACHINES, name)
+        conds = {c["type"]: c["status"] for c in m.get("status", {}).get("conditions") or ()}
+        return m if conds.get("Ready") == "True" else None
+
+    machine = await wait_until(ready, 30, "the Machine Ready", emu2)
+    await client.get(NODES, machine["status"]["nodeName"])
+    state = emulator_state(url, ca_file)
+    assert state["pools"][name]["provisioningState"] == "Succeeded"
+    assert '"event": "agent pools restored"' in emu2.log.read_text()
+
+    await client.delete(MACHINES, name)
+
+    async def gone() -> bool:
+        try:
+            await client.get(MACHINES, name)
+        except NotFound:
+            return True
+        return False
+
+    await wait_until(gone, 30, "the Machine deleted", prov)
+    assert emulator_state(url, ca_file)["pools"] == {}
+    with pytest.raises(NotFound):
+        await client.get(NODES, machine["status"]["nodeName"])
+    assert prov.stop() == 0, prov.tail()
+    assert emu2.stop() == 0, emu2.tail()
