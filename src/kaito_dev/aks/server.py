@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +44,7 @@ from kaito.runtime.faults import add_fault_routes
 from kaito.runtime.httpserver import HttpServer
 from kaito_dev.aks.arm import ArmApi
 from kaito_dev.aks.faults import Fault, FaultInjector, Op
-from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.kubelet import Kubelets, SimulatedKubelets, Spawn
 from kaito_dev.aks.state import (
     AgentPools,
     EmulatorConfig,
@@ -67,6 +67,10 @@ class AKSEmulator:
         host, port: where to listen; port 0 (default) picks a free one (see ``url``).
         tls: serve HTTPS with this context, or with a `CertWatcher`'s files, reloaded
             when they change (the SDK sends bearer tokens over HTTPS only).
+        node_backend: makes the pools' kubelets from the emulator's task spawner
+            (e.g. `kaito_dev.aks.realnodes.RealKubelets`, real nodes); default
+            `SimulatedKubelets` (Node objects and heartbeats only). A backend with an
+            ``adopt()`` gets the pools of the VMs that outlived a previous process back.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class AKSEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | CertWatcher | None = None,
+        node_backend: Callable[[Spawn], Kubelets] | None = None,
     ) -> None:
         self.kube = kube
         self.config = config or EmulatorConfig()
@@ -87,8 +92,10 @@ class AKSEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: HttpServer | None = None
         cfg = self.config
-        self.kubelets = (
-            SimulatedKubelets(
+        self.kubelets: Kubelets | None = (
+            node_backend(self._spawn)
+            if kube is not None and node_backend is not None
+            else SimulatedKubelets(
                 kube,
                 subscription_id=cfg.subscription_id,
                 resource_group=cfg.resource_group,
@@ -127,6 +134,10 @@ class AKSEmulator:
         )
         await self._http.start()
         self.port = int(self._http.port or 0)
+        adopt = getattr(self.kubelets, "adopt", None)
+        if adopt is not None:
+            for name, (properties, nodes) in adopt().items():
+                self.state.adopt(name, properties, nodes)
         if self.kubelets is not None and self.config.heartbeat_interval > 0:
             self._spawn(
                 self.kubelets.heartbeat_forever(

@@ -31,7 +31,7 @@ from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import now_rfc3339
 from kaito_dev.aks.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
-from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.kubelet import Kubelets
 from kaito_dev.aks.nodes import node_name
 
 __all__ = ["AgentPools", "EmulatorConfig", "Operation", "Pool", "RecordedRequest"]
@@ -146,9 +146,7 @@ class AgentPools:
         spawn: runs an operation's task; its owner cancels them all on stop.
     """
 
-    def __init__(
-        self, config: EmulatorConfig, kubelets: SimulatedKubelets | None, spawn: Spawn
-    ) -> None:
+    def __init__(self, config: EmulatorConfig, kubelets: Kubelets | None, spawn: Spawn) -> None:
         self.config, self.kubelets, self._spawn = config, kubelets, spawn
         self.pools: dict[str, Pool] = {}
         self.operations: dict[str, Operation] = {}
@@ -158,6 +156,14 @@ class AgentPools:
 
     def node_names(self) -> list[str]:
         return [n for p in self.pools.values() for n in p.nodes]
+
+    def adopt(self, name: str, properties: Obj, nodes: list[str]) -> Pool:
+        """A pool whose VMs outlived a previous emulator process: ``Succeeded``."""
+        pool = Pool(name=name, properties={**properties, "provisioningState": "Succeeded"})
+        pool.nodes = list(nodes)
+        self.pools[name] = pool
+        log.info("agent pool re-adopted", pool=name, nodes=nodes)
+        return pool
 
     def begin_create(self, name: str, props: Obj, *, failure: Fault | None) -> Pool:
         """A new pool, ``Creating``; ``failure`` (a late fault) decides how it ends."""
