@@ -586,9 +586,12 @@ def build_all(
     names: Iterable[str] | None = None,
     *,
     builder: Builder | None = None,
+    revision: str | None = None,
 ) -> list[BuiltImage]:
     """Build the named images (the three shipped ones by default) and push them to
-    ``registry``."""
+    ``registry``. ``revision``: the revision label (default the git commit; the local
+    stack gives a fixed one, so that a commit that changes no image's content leaves
+    every image as it was and nothing is pushed again)."""
     b = builder or Builder()
     wanted = list(names or [s.name for s in IMAGES if s.shipped])
     unknown = sorted(set(wanted) - {s.name for s in IMAGES})
@@ -599,7 +602,7 @@ def build_all(
         )
     b.prepare()
     base = b.base_image()
-    version, revision = project_version(), git_revision()
+    version, revision = project_version(), revision or git_revision()
     built = []
     for spec in (s for s in IMAGES if s.name in wanted):
         start = time.monotonic()

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kaito.presets.catalog import load_catalog
 from kaito_dev.hfhub.presets import LOCAL_MARKERS
 from kaito_dev.realnode import hoststate
@@ -56,6 +58,7 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+@pytest.mark.timeout(1200)  # the first run on a machine builds the images (~5 min)
 def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
     tmp_path: Path,
 ) -> None:

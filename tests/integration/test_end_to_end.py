@@ -215,6 +215,7 @@ async def assert_fetched_once_per_node(
     assert sent == dict.fromkeys(files, len(nodes)), sent
 
 
+@pytest.mark.timeout(1500)  # the first run on a machine builds the images (~5 min)
 async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behind(
     stack: tuple[ControlPlaneState, Client], tmp_path: Path
 ) -> None:
