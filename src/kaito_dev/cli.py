@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -205,10 +206,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _stop_real_nodes(state_dir: Path) -> list[str]:
     """Stop every real node of the stack (what the AKS emulator booted); return what any
     of them left on the host."""
-    node_dir = state_dir / "nodes"
+    from kaito_dev.realnode import NodeLeftovers, RealNode, check_torn_down, stop
+    from kaito_dev.stack import NODES_ROOT, node_dir_for
+
+    node_dir = node_dir_for(state_dir)
     if not node_dir.is_dir():
         return []
-    from kaito_dev.realnode import NodeLeftovers, RealNode, check_torn_down, stop
 
     left = []
     for record in sorted(node_dir.glob("*/state.json")):
@@ -219,6 +222,11 @@ def _stop_real_nodes(state_dir: Path) -> list[str]:
         except NodeLeftovers as e:
             left.append(str(e))
         print(f"stopped real node {node.name}")
+    import shutil
+
+    shutil.rmtree(node_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NODES_ROOT.rmdir()  # only when no other stack uses it
     return left
 
 

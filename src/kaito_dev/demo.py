@@ -54,6 +54,7 @@ from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS, NODES, PODS, SERVICES
 from kaito_dev.controlplane import REPO_ROOT, ControlPlaneState
+from kaito_dev.stack import node_dir_for
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 CHAT_PROMPT = "What is Kubernetes?"
@@ -235,7 +236,7 @@ async def measure(
     containers' timestamps), apply -> WorkspaceReady."""
     out: dict[str, float] = {}
     node_name = pod["spec"]["nodeName"]
-    record = Path(state.data_dir) / "nodes" / node_name / "state.json"
+    record = node_dir_for(Path(state.data_dir)) / node_name / "state.json"
     with contextlib.suppress(OSError, ValueError):
         ready_after = json.loads(record.read_text()).get("ready_after_s")
         if ready_after is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -186,8 +187,8 @@ class Stack:
 
     @property
     def node_dir(self) -> Path:
-        """Where the AKS emulator's real nodes keep their state (`realnode.stop_all`)."""
-        return self.dir / "nodes"
+        """Where the AKS emulator's real nodes keep their state (`node_dir_for`)."""
+        return node_dir_for(self.dir)
 
     def start_workspace_controller(self, kubeconfig: str, extra: Sequence[str] = ()) -> None:
         """The workspace controller with its webhook registered for the local apiserver;
@@ -339,6 +340,17 @@ NODE_IMAGES = ("inference", "tuning", "curl")
 LOCAL_REVISION = "local"
 """The stack's images' revision label: fixed, so a commit alone rebuilds and pushes nothing."""
 """What pods on real nodes run: the server and fetcher, the tuning job, the demo's client."""
+
+
+NODES_ROOT = Path("/var/lib/kaito-dev")
+
+
+def node_dir_for(state_dir: Path) -> Path:
+    """The real nodes' folders of the stack in ``state_dir``: a short path of its own
+    (``/var/lib/kaito-dev/<hash>``), because the kubelet puts unix sockets under its
+    root folder and a socket path may not exceed 107 bytes (a pytest tmp_path would)."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    return NODES_ROOT / digest
 
 
 def pod_reachable_address() -> str:

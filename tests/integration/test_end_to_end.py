@@ -57,7 +57,7 @@ from kaito.runtime.resource import (
 from kaito_dev.controlplane import ControlPlaneState
 from kaito_dev.realnode import hoststate
 from kaito_dev.realnode.node import RUN_ROOT
-from kaito_dev.stack import read_env_file
+from kaito_dev.stack import node_dir_for, read_env_file
 from tests.integration.polling import poll_until
 from tests.integration.prometheus import start_prometheus
 
@@ -202,7 +202,7 @@ async def assert_fetched_once_per_node(
     nodes = {serving_pod["spec"]["nodeName"]}
     nodes |= {p["spec"]["nodeName"] for p in tuning_pods["items"]}
     assert len(nodes) == 2, nodes
-    disk = Path(state.data_dir) / "nodes"  # each real node's own /var/lib/kaito
+    disk = node_dir_for(Path(state.data_dir))  # each real node's own /var/lib/kaito
     for node in nodes:
         marker = disk / node / "disk/kaito/models" / hf.cache_name / ".kaito-complete"
         done = json.loads(marker.read_text())
@@ -343,4 +343,4 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert left == {}
     assert agent_pools(state) == []
     # The pools' VMs are gone too: the emulator stopped them and checked the host.
-    assert not list((Path(state.data_dir) / "nodes").glob("*/state.json"))
+    assert not list(node_dir_for(Path(state.data_dir)).glob("*/state.json"))

@@ -119,7 +119,7 @@ class RealKubelets:
         self.mirror_for = list(mirror_for)
         self.ready_timeout = ready_timeout
         self._lock = asyncio.Lock()
-        self.logs = self.base_dir.parent / "node-logs"
+        self.logs = self.base_dir / ".stopped"  # the logs of the nodes of deleted pools
 
     # -- pod subnets --------------------------------------------------------------------
 
