@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := setup
 include mk/inference.mk
 
-.PHONY: setup control-plane images test test-unit lint fmt demo demo-down bench-runtime bench-workspace chaos clean
+.PHONY: setup control-plane node-tools images test test-unit lint fmt demo demo-down bench-runtime bench-workspace chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 control-plane:
 	@hack/local-cluster.sh build >/dev/null
 
-setup: $(STAMP) control-plane
+# The real nodes' host tools (containerd, runc, CNI plugins, iptables, conntrack; Debian)
+# and the tiny static binary of their pause image: `kaito dev up` boots real nodes.
+node-tools:
+	@hack/node-tools.sh all >/dev/null
+
+setup: $(STAMP) control-plane node-tools
 
 # The three images, built with buildah (no Docker daemon) from images/*/Dockerfile and
 # pushed as <registry>/kaito-python/{controller,inference,tuning}:<version>: to

@@ -7,13 +7,19 @@ development tooling and the image does not ship it.
 
 ``up`` builds-or-reuses the control-plane binaries (first build ~10 min, with progress),
 starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler on free loopback
-ports under ``.kaito/dev/`` and leaves them running; ``down`` stops them by PID.
+ports under ``.kaito/dev/``, then the stack (`kaito_dev.stack`) and leaves them running.
+``--nodes real`` (default): the AKS emulator boots real nodes (containerd + kubelet)
+running the project's images; ``--nodes agent``: the fallback without real nodes (the
+node agent runs the pods as local processes). ``down`` stops the real nodes (pods,
+containers, state, cgroups, network), every process by PID, restores the host's
+sysctls and iptables, and fails naming anything left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -33,6 +39,7 @@ def add_commands(sub: Any) -> None:
     up.add_argument(
         "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .kaito/dev)"
     )
+    _nodes_argument(up)
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -42,6 +49,7 @@ def add_commands(sub: Any) -> None:
     )
     demo.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     demo.add_argument("--down", action="store_true", help="tear everything down at the end")
+    _nodes_argument(demo)
     demo.set_defaults(func=cmd_demo)
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -77,6 +85,16 @@ def add_commands(sub: Any) -> None:
     )
 
 
+def _nodes_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nodes",
+        choices=("real", "agent"),
+        default="real",
+        help="real: every AKS VM is a real node (containerd + kubelet 1.20, root; default); "
+        "agent: FALLBACK without real nodes, the node agent runs pods as local processes",
+    )
+
+
 def _progress(t0: float) -> Any:
     def say(msg: str) -> None:
         print(f"[kaito dev {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
@@ -92,16 +110,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         say(f"a cluster is already recorded in {state_dir}; stopping it first")
         cmd_down(args)
     try:
-        state = ControlPlane(state_dir).start(progress=say)
-        info = asyncio.run(start_stack(state, say=say))
-    except ControlPlaneError as e:
+        real = args.nodes == "real"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state = ControlPlane(state_dir, real_nodes=real).start(progress=say)
+        info = asyncio.run(start_stack(state, say=say, nodes=args.nodes))
+    except (RuntimeError, OSError, ValueError) as e:  # ControlPlaneError, NodeBootError
         say(f"FAILED: {e}")
         cmd_down(args)
         return 1
+    nodes = (
+        "real nodes (each AKS VM: containerd + kubelet + emulated-GPU device plugin), kube-proxy"
+        if real
+        else "node agent (FALLBACK: pods run as local processes)"
+    )
     print(
         f"\nThe local KAITO stack is up: control plane, CRDs, RBAC, OCI registry, AKS emulator,\n"
         f"Hugging Face hub emulator (serving a tiny STAND-IN model under the presets' repos),\n"
-        f"gpu-provisioner and workspace controller (as their ServiceAccounts), node agent.\n"
+        f"gpu-provisioner and workspace controller (as their ServiceAccounts), {nodes}.\n"
         f"  HF_ENDPOINT={info['hf_endpoint']}\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
         f"  kubectl get workspace,machines,nodes\n"
@@ -169,12 +194,61 @@ def cmd_down(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"no cluster recorded in {state_dir}")
         return 0
-    stop_pids(state.pids)
+    # The AKS emulator first (it boots nodes), then its VMs, then everything else.
+    pids = dict(state.pids)
+    stop_pids({k: v for k, v in pids.items() if k == "aks-emulator"})
+    left = _stop_real_nodes(state_dir)
+    stop_pids({k: v for k, v in pids.items() if k != "aks-emulator"})
+    left += _restore_host(state_dir)
     import shutil
 
     shutil.rmtree(state_dir, ignore_errors=True)
     print(f"stopped {', '.join(state.pids)}; removed {state_dir}")
+    if left:
+        print("LEFT BEHIND:\n  " + "\n  ".join(left))
+        return 1
     return 0
+
+
+def _stop_real_nodes(state_dir: Path) -> list[str]:
+    """Stop every real node of the stack (what the AKS emulator booted); return what any
+    of them left on the host."""
+    from kaito_dev.realnode import NodeLeftovers, RealNode, check_torn_down, stop
+    from kaito_dev.stack import NODES_ROOT, node_dir_for
+
+    node_dir = node_dir_for(state_dir)
+    if not node_dir.is_dir():
+        return []
+
+    left = []
+    for record in sorted(node_dir.glob("*/state.json")):
+        node = RealNode.load(record.parent)
+        stop(node)
+        try:
+            check_torn_down(node)
+        except NodeLeftovers as e:
+            left.append(str(e))
+        print(f"stopped real node {node.name}")
+    import shutil
+
+    shutil.rmtree(node_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NODES_ROOT.rmdir()  # only when no other stack uses it
+    return left
+
+
+def _restore_host(state_dir: Path) -> list[str]:
+    """Put back the sysctls and iptables the kubelets and kube-proxy changed."""
+    record = state_dir / "host-state.json"
+    if not record.exists():
+        return []
+    from kaito_dev.realnode import HostState
+
+    host = HostState.capture(record)
+    host.restore()
+    left = host.leftovers()
+    print("restored the host's sysctls and removed the KUBE-* iptables chains")
+    return [f"host: {x}" for x in left]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

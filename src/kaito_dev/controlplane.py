@@ -59,8 +59,10 @@ CONTROLLERS = (
 # With real kubelets (kaito_dev.realnode): the node lifecycle controller lifts the
 # not-ready taint (and would evict pods from nodes that stop heartbeating, which is why
 # clusters of simulated nodes leave it off); kube-proxy 1.20 serves Services from
-# EndpointSlices.
-REAL_NODE_CONTROLLERS = "nodelifecycle,endpoint,endpointslice,endpointslicemirroring"
+# EndpointSlices; the pod garbage collector deletes the pods of a Node that is gone (a
+# deleted agent pool's VM cannot confirm its pods' deletion: without it they stay
+# Terminating forever).
+REAL_NODE_CONTROLLERS = "nodelifecycle,endpoint,endpointslice,endpointslicemirroring,podgc"
 
 
 class ControlPlaneError(RuntimeError):

@@ -17,8 +17,17 @@ whenever a condition changes:
    local process, and the pod turns Ready from the server's own ``/health``;
    ``InferenceReady`` and ``WorkspaceReady`` follow;
 3. it sends the quick start's ``/chat`` request and a streaming
-   ``/v1/chat/completions`` request to the pod (there is no kube-proxy locally, so it
-   resolves the Service's pod itself) and prints the answers, then where the metrics are.
+   ``/v1/chat/completions`` request and prints the answers, then where the metrics are.
+   On real nodes (the default stack) the first goes as the seeds' quick start does it:
+   ``kubectl run`` a curl pod (the stack's ``kaito-python/curl`` image) that POSTs to
+   ``http://$CLUSTERIP/chat`` through kube-proxy; with the node-agent fallback there is
+   no kube-proxy, so the demo talks to the pod itself.
+
+On real nodes the pod is a real one: the kubelet pulls our inference image from the
+stack's registry, runs ``fetch-weights`` into the node's own disk, and the device plugin
+gives it ``KAITO_EMULATED_GPU=cpu`` (the server runs the preset on CPU). The demo
+prints the measured node boot -> Ready, image pulls (kubelet's Pulled events), weights
+fetch and server start.
 
 The timings it prints separate the inference server's own start-up (process start to
 ``/health`` answering 200) from everything KAITO does.
@@ -27,7 +36,9 @@ The timings it prints separate the inference server's own start-up (process star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -41,11 +52,25 @@ from kaito.api.machine import MACHINES
 from kaito.api.workspace import WORKSPACES_V1ALPHA1
 from kaito.runtime.client import Client, ClientConfig
 from kaito.runtime.meta import Obj
-from kaito.runtime.resource import NODES, PODS, SERVICES
+from kaito.runtime.resource import EVENTS, NODES, PODS, SERVICES
 from kaito_dev.controlplane import REPO_ROOT, ControlPlaneState
+from kaito_dev.stack import node_dir_for
 
 QUICK_START = REPO_ROOT / "examples" / "kaito_workspace_phi_3.yaml"
 CHAT_PROMPT = "What is Kubernetes?"
+READY = "Ready"
+PULLED = re.compile(r'Successfully pulled image "([^"]+)" in (\S+)')
+"""kubelet 1.20's ``Pulled`` event message; the time is a Go duration (``1m1.99s``)."""
+GO_DURATION = re.compile(r"([\d.]+)(h|ms|us|µs|ns|m|s)")
+GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds in a Go duration string (``1m1.993s``, ``912.4ms``); None if it is not one."""
+    parts = GO_DURATION.findall(text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    return sum(float(n) * GO_UNITS[u] for n, u in parts)
 
 
 def _conditions(obj: Obj) -> dict[str, Obj]:
@@ -152,11 +177,20 @@ async def run_quick_start(
     port = svc["spec"]["ports"][0]["targetPort"]
     base = f"http://{pod_ip}:{port}"
     model_note = (pod["metadata"].get("annotations") or {}).get("kaito.sh/node-agent-model")
-    say(
-        f"Service {name} (ClusterIP {svc['spec'].get('clusterIP')}:80) -> pod "
-        f"{pod['metadata']['name']} at {pod_ip}:{port}; no kube-proxy locally, so the demo "
-        "talks to the pod"
-    )
+    stack = json.loads((Path(state.data_dir) / "stack.json").read_text())
+    real = stack.get("nodes") == "real"
+    if real:
+        say(f"Service {name}: ClusterIP {svc['spec'].get('clusterIP')}:80 (kube-proxy)")
+        async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
+            timings = await measure(client, state, pod, timeline)
+        for what, seconds in timings.items():
+            say(f"  measured: {what} {seconds:.1f}s")
+    else:
+        say(
+            f"Service {name} (ClusterIP {svc['spec'].get('clusterIP')}:80) -> pod "
+            f"{pod['metadata']['name']} at {pod_ip}:{port}; no kube-proxy with the node "
+            "agent, so the demo talks to the pod"
+        )
     fetched = None
     fetch = _fetch_args(pod)
     hub_url = json.loads((Path(state.data_dir) / "stack.json").read_text()).get("hf_endpoint")
@@ -174,9 +208,115 @@ async def run_quick_start(
             f"the node agent serves {model_note}: expect words from the Python docs, "
             "not phi-3's answers"
         )
-    chat = await _chat(base, say)
+    if real:
+        curl_image = stack["images"]["curl"]
+        chat = await asyncio.to_thread(
+            curl_chat, state.kubeconfig, curl_image, svc["spec"]["clusterIP"], ns, say
+        )
+    else:
+        chat = await _chat(base, say)
     stream = await _stream(base, say)
     return DemoResult(ws, node, pod, chat, stream, timeline, fetched)
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    from datetime import datetime
+
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+async def measure(
+    client: Client, state: ControlPlaneState, pod: Obj, timeline: Timeline
+) -> dict[str, float]:
+    """What the real node and kubelet took: boot -> Ready (the node's record), each image
+    pull (kubelet's ``Pulled`` events), the weights fetch and the server's start (the
+    containers' timestamps), apply -> WorkspaceReady."""
+    out: dict[str, float] = {}
+    node_name = pod["spec"]["nodeName"]
+    record = node_dir_for(Path(state.data_dir)) / node_name / "state.json"
+    with contextlib.suppress(OSError, ValueError):
+        ready_after = json.loads(record.read_text()).get("ready_after_s")
+        if ready_after is not None:
+            out["node boot -> Ready"] = float(ready_after)
+    events = await client.list(EVENTS, pod["metadata"]["namespace"])
+    for ev in events["items"]:
+        obj = ev.get("involvedObject") or {}
+        if obj.get("name") != pod["metadata"]["name"] or ev.get("reason") != "Pulled":
+            continue
+        m = PULLED.search(ev.get("message", ""))
+        if m and (seconds := go_duration(m[2])) is not None:
+            out[f"image pull {m[1].rsplit('/', 1)[-1]}"] = seconds
+    live = await client.get(PODS, pod["metadata"]["name"], pod["metadata"]["namespace"])
+    status = live.get("status", {})
+    for cs in status.get("initContainerStatuses") or ():
+        term = (cs.get("state") or {}).get("terminated") or {}
+        took = _seconds(term.get("startedAt"), term.get("finishedAt"))
+        if cs["name"] == "fetch-weights" and took is not None:
+            out["weights fetch (fetch-weights)"] = took
+    started = next(
+        (
+            (cs.get("state") or {}).get("running", {}).get("startedAt")
+            for cs in status.get("containerStatuses") or ()
+        ),
+        None,
+    )
+    ready = next(
+        (c.get("lastTransitionTime") for c in status.get("conditions") or () if c["type"] == READY),
+        None,
+    )
+    if (took := _seconds(started, ready)) is not None:
+        out["server start (container start -> Ready)"] = took
+    if "WorkspaceReady" in timeline.marks:
+        out["apply -> WORKSPACEREADY"] = timeline.marks["WorkspaceReady"]
+    return out
+
+
+def curl_chat(
+    kubeconfig: str, image: str, cluster_ip: str, namespace: str, say: Callable[[str], None]
+) -> str:
+    """The seeds' quick start: a curl pod POSTs to ``http://$CLUSTERIP/chat``; its log is
+    the answer. The pod tolerates the GPU node's taints (the only node there is)."""
+    payload = json.dumps({"prompt": CHAT_PROMPT, "generate_kwargs": {"max_new_tokens": 24}})
+    pod = "quickstart-curl"
+    kubectl = ["kubectl", f"--kubeconfig={kubeconfig}", "-n", namespace]
+    overrides = json.dumps({"spec": {"tolerations": [{"operator": "Exists"}]}})
+    argv = [
+        *kubectl, "run", pod, f"--image={image}", "--restart=Never",
+        f"--overrides={overrides}", "--",
+        "-sS", "--max-time", "120", "-X", "POST", f"http://{cluster_ip}/chat",
+        "-H", "accept: application/json", "-H", "Content-Type: application/json",
+        "-d", payload,
+    ]  # fmt: skip
+    shown = " ".join(a if " " not in a and "{" not in a else f"'{a}'" for a in argv[2:])
+    say(f"kubectl {shown}")
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        phase = ""
+        while time.monotonic() < deadline:
+            phase = subprocess.run(
+                [*kubectl, "get", "pod", pod, "-o", "jsonpath={.status.phase}"],
+                capture_output=True, text=True, check=False,
+            ).stdout.strip()  # fmt: skip
+            if phase in ("Succeeded", "Failed"):
+                break
+            time.sleep(0.5)
+        logs = subprocess.run([*kubectl, "logs", pod], capture_output=True, text=True, check=False)
+        answer = (logs.stdout or logs.stderr).strip()
+        if phase != "Succeeded":
+            raise RuntimeError(f"the curl pod ended {phase or 'nowhere'}: {answer[-1000:]}")
+    finally:
+        subprocess.run(
+            [*kubectl, "delete", "pod", pod, "--wait=false"], capture_output=True, check=False
+        )
+    say(f"  -> {answer[:300]}")
+    try:
+        return str(json.loads(answer).get("Result", ""))
+    except ValueError as e:
+        raise RuntimeError(f"/chat over the ClusterIP answered no JSON: {answer[:500]}") from e
 
 
 async def _follow(
@@ -248,7 +388,7 @@ def _narrate_pod(pod: Obj, tell: Callable[[str, str], None]) -> None:
     for cs in pod.get("status", {}).get("containerStatuses") or ():
         if "running" in (cs.get("state") or {}):
             ip = pod["status"].get("podIP")
-            tell("server process started", f"node agent started the inference server at {ip}")
+            tell("server process started", f"the inference server started at {ip}")
     if _is_true(pod, "Ready"):
         tell("pod Ready", "pod Ready: the server's /health answers 200")
 

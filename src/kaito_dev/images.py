@@ -526,9 +526,31 @@ class Builder:
         }
         return sum(records.get(d, 0) for d in diff_ids)
 
+    def pushed_already(self, local: str, reference: str) -> int | None:
+        """The pushed size when ``reference`` already names ``local`` (same config
+        digest: a push would only re-compress every layer to find that out); else None."""
+        try:
+            manifest = json.loads(self.inspect_raw(reference))
+        except (subprocess.CalledProcessError, ValueError):
+            return None
+        image_id = subprocess.run(
+            ["buildah", "images", "--no-trunc", "--format", "{{.ID}}", local],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+        ).stdout.strip()
+        config = str((manifest.get("config") or {}).get("digest", ""))
+        if not image_id or config.removeprefix("sha256:") != image_id.removeprefix("sha256:"):
+            return None
+        return int(manifest["config"]["size"]) + sum(int(x["size"]) for x in manifest["layers"])
+
     def push(self, local: str, reference: str) -> int:
         registry = reference.split("/", 1)[0]
         tls = ["--tls-verify=false"] if is_loopback(registry) else []
+        if (size := self.pushed_already(local, reference)) is not None:
+            self.say(f"push {reference}: the registry holds this image already")
+            return size
         self.say(f"push {reference}")
         self.run(
             [
@@ -564,9 +586,12 @@ def build_all(
     names: Iterable[str] | None = None,
     *,
     builder: Builder | None = None,
+    revision: str | None = None,
 ) -> list[BuiltImage]:
     """Build the named images (the three shipped ones by default) and push them to
-    ``registry``."""
+    ``registry``. ``revision``: the revision label (default the git commit; the local
+    stack gives a fixed one, so that a commit that changes no image's content leaves
+    every image as it was and nothing is pushed again)."""
     b = builder or Builder()
     wanted = list(names or [s.name for s in IMAGES if s.shipped])
     unknown = sorted(set(wanted) - {s.name for s in IMAGES})
@@ -577,7 +602,7 @@ def build_all(
         )
     b.prepare()
     base = b.base_image()
-    version, revision = project_version(), git_revision()
+    version, revision = project_version(), revision or git_revision()
     built = []
     for spec in (s for s in IMAGES if s.name in wanted):
         start = time.monotonic()

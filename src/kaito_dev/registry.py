@@ -78,8 +78,11 @@ class LocalRegistry:
         port: int = 0,
         users: Mapping[str, str] | None = None,
         binary: Path | None = None,
+        storage: Path | None = None,
     ) -> None:
         self.root = root
+        self.storage = storage or root / "storage"
+        """The blobs and manifests; another folder (a cache) keeps them across registries."""
         self.port = port or free_port()
         self.users = dict(users or {})
         self.binary = binary
@@ -102,7 +105,7 @@ class LocalRegistry:
         return docker_config_json(self.address, name, self.users[name])
 
     def _write_config(self) -> Path:
-        storage = self.root / "storage"
+        storage = self.storage
         storage.mkdir(parents=True, exist_ok=True)
         config: dict[str, object] = {
             "version": 0.1,

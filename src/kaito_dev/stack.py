@@ -1,10 +1,26 @@
 """The local KAITO stack on top of the control plane: CRDs, RBAC, a local OCI registry,
-the AKS emulator, a Hugging Face hub emulator, controllers, node agent.
+the AKS emulator, a Hugging Face hub emulator, controllers, and nodes.
 
-The hub emulator serves the node agent's tiny stand-in model under every preset's repo
-at the preset's pinned revision (`kaito_dev.hfhub.presets`), and the node agent points
-the ``fetch-weights`` init containers at it: the weights take the real fetch path, only
-the bytes are a stand-in (the hub's log and the demo say so).
+Nodes (``nodes=``):
+
+- ``real`` (the default): every AKS agent-pool VM is a real node on this host
+  (containerd + kubelet 1.20.2 + the emulated-GPU device plugin, booted by the AKS
+  emulator, `kaito_dev.aks.realnodes`), one kube-proxy gives Services their ClusterIPs,
+  and the pods run the project's images, built and pushed to the stack's registry
+  (``inference``, ``tuning``, ``curl``; buildah reuses its layers and the registry's
+  blobs live in the cache, so only the first ``up`` on a machine pays). The controllers
+  name that registry (``--image-registry``) and the hub (``--hf-endpoint``), which
+  listens on the host's address: pods live in their own network namespaces, where
+  127.0.0.1 is the pod itself. The host sysctls and ``KUBE-*`` chains the kubelets and
+  kube-proxy change are recorded first (`HostState`) and restored at ``down``.
+- ``agent``: the FALLBACK for machines that cannot run real nodes (no root, no
+  containerd): Node objects only, and the node agent (`kaito_dev.nodeagent`) plays the
+  kubelet, running the pods' commands as local processes (argv rewritten for CPU).
+
+The hub emulator serves the tiny stand-in model under every preset's repo at the
+preset's pinned revision (`kaito_dev.hfhub.presets`), and the ``fetch-weights`` init
+containers download from it: the weights take the real fetch path, only the bytes are
+a stand-in (the hub's log and the demo say so).
 
 Each component runs as its own process, started with the same command a container
 would run (``kaito dev aks-emulator``, ``kaito gpu-provisioner``, ...), in a new
@@ -16,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +54,7 @@ from kaito_dev.hfhub.presets import DEV_TOKEN, preset_repos
 from kaito_dev.nodeagent.agent import DEFAULT_PYTHON, PYTHONPATH
 from kaito_dev.nodeagent.env import CPU_ENV
 from kaito_dev.nodeagent.model import StandInModel
+from kaito_dev.realnode.hoststate import HostState
 from kaito_dev.registry import LocalRegistry
 
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
@@ -144,20 +162,31 @@ class Stack:
         raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
 
     def start_aks_emulator(
-        self, *, create_latency: float = 2.0, port: int = 0, extra: tuple[str, ...] = ()
+        self,
+        *,
+        create_latency: float = 2.0,
+        port: int = 0,
+        extra: tuple[str, ...] = (),
+        registry: str | None = None,
     ) -> dict[str, str]:
         """The emulated AKS agent-pool API; returns the provisioner's environment. A fixed
         ``port`` lets a restarted emulator answer on the same URL; ``extra`` arguments
-        (e.g. ``--delete-latency``) follow the defaults."""
+        (e.g. ``--delete-latency``) follow the defaults. With ``registry`` its VMs are real
+        nodes pulling from it (`node_dir`)."""
         emu_dir = self.dir / "aks-emulator"
         env_file = emu_dir / "provisioner.env"
-        self.say(f"starting the AKS emulator (agent pools take {create_latency:g}s to create)")
+        real = ["--nodes", "real", "--node-dir", str(self.node_dir), f"--registry={registry}"]
+        self.say(
+            f"starting the AKS emulator (agent pools take {create_latency:g}s to create"
+            + ("; each VM boots a REAL node: containerd + kubelet + GPU device plugin)"
+               if registry else "; Node objects only)")
+        )  # fmt: skip
         pid = self.spawn(
             "aks-emulator",
             [
                 "dev", "aks-emulator", "--port", str(port), "--dir", str(emu_dir),
                 "--cluster-name", "kaito-dev", "--create-latency", str(create_latency),
-                "--node-ready-delay", "0.5", *extra,
+                "--node-ready-delay", "0.5", *extra, *(real if registry else []),
             ],
         )  # fmt: skip
 
@@ -186,8 +215,14 @@ class Stack:
             env,
         )  # fmt: skip
 
-    def start_workspace_controller(self, kubeconfig: str) -> None:
-        """The workspace controller with its webhook registered for the local apiserver."""
+    @property
+    def node_dir(self) -> Path:
+        """Where the AKS emulator's real nodes keep their state (`node_dir_for`)."""
+        return node_dir_for(self.dir)
+
+    def start_workspace_controller(self, kubeconfig: str, extra: Sequence[str] = ()) -> None:
+        """The workspace controller with its webhook registered for the local apiserver;
+        ``extra``: more flags (``--image-registry``, ``--hf-endpoint``)."""
         self.say(
             "starting the workspace controller with its validating webhook "
             "(as ServiceAccount kaito-system/kaito-workspace-controller)"
@@ -200,16 +235,17 @@ class Stack:
                 "workspace-controller", f"--metrics-bind-address=127.0.0.1:{metrics}",
                 f"--health-probe-bind-address=127.0.0.1:{probes}",
                 "--webhook-bind-address=127.0.0.1:0", "--webhook-cert-secret=",
-                "--webhook-url=https://127.0.0.1:{port}/validate/workspaces",
+                "--webhook-url=https://127.0.0.1:{port}/validate/workspaces", *extra,
             ],
             self.identity_env(kubeconfig),
         )  # fmt: skip
         self.wait_for("the workspace controller's /readyz", lambda: _http_ok(probes), pid,
                       timeout=60)  # fmt: skip
 
-    def start_registry(self) -> str:
-        """The local OCI registry (anonymous); returns its address, ``127.0.0.1:PORT``."""
-        registry = LocalRegistry(self.dir / "registry").start()
+    def start_registry(self, storage: Path | None = None) -> str:
+        """The local OCI registry (anonymous); returns its address, ``127.0.0.1:PORT``.
+        ``storage``: keep its blobs there (a cache) instead of in the stack's folder."""
+        registry = LocalRegistry(self.dir / "registry", storage=storage).start()
         assert registry.process is not None
         self.state.pids["registry"] = registry.process.pid
         self.state.save()
@@ -234,16 +270,16 @@ class Stack:
         self.say(f"tiny stand-in model built in {time.monotonic() - t0:.1f}s")
         return folder
 
-    def start_hf_hub(self, model: Path) -> str:
+    def start_hf_hub(self, model: Path, host: str = "127.0.0.1") -> str:
         """The Hugging Face hub emulator serving ``model`` under every preset's repo at its
-        pinned revision; returns its URL (the node agent's ``--hf-endpoint``)."""
+        pinned revision, on ``host``; returns its URL (the fetchers' ``HF_ENDPOINT``)."""
         hub_dir = self.dir / "hf-hub"
         hub_dir.mkdir(exist_ok=True)
         state_file = hub_dir / "state.json"
         pid = self.spawn(
             "hf-hub",
             ["dev", "hf-hub", "--root", str(hub_dir / "repos"), "--port", "0",
-             "--publish-presets", str(model), "--state-file", str(state_file)],
+             "--host", host, "--publish-presets", str(model), "--state-file", str(state_file)],
         )  # fmt: skip
         self.wait_for("the hub emulator", lambda: _json_file(state_file) is not None, pid,
                       timeout=60)  # fmt: skip
@@ -279,6 +315,89 @@ class Stack:
         time.sleep(0.5)
         self.wait_for("the node agent to start", lambda: True, pid, timeout=5)
 
+    def prepare_real_nodes(self) -> HostState:
+        """Host tools, kubelet/kube-proxy binaries and the pause image; then record the
+        host's sysctls (restored at ``down``) and switch on forwarding."""
+        from kaito_dev.controlplane import ensure_binaries
+        from kaito_dev.realnode import pause_archive
+
+        t0 = time.monotonic()
+        self.say("real nodes: host tools (hack/node-tools.sh) and the pause image")
+        try:
+            pause_archive()  # installs containerd, runc, CNI plugins, iptables when missing
+        except (OSError, RuntimeError) as e:
+            raise ControlPlaneError(f"real nodes: host tools: {e}") from e
+        bin_dir = ensure_binaries()
+        for binary in ("kubelet", "kube-proxy"):
+            if not (bin_dir / binary).exists():
+                raise ControlPlaneError(f"{bin_dir / binary} missing: hack/local-cluster.sh build")
+        if os.geteuid() != 0:
+            raise ControlPlaneError("real nodes need root (`kaito dev up --nodes agent` does not)")
+        host = HostState.capture(self.dir / "host-state.json")
+        host.prepare()
+        self.say(f"real nodes: tools ready, host state recorded ({time.monotonic() - t0:.1f}s)")
+        return host
+
+    def build_images(self, registry: str) -> dict[str, str]:
+        """Build (buildah, cached layers) and push the images real nodes run."""
+        from kaito_dev.images import Builder, build_all
+
+        t0 = time.monotonic()
+        self.say(f"images {', '.join(NODE_IMAGES)}: build or reuse, push to {registry}")
+        built = build_all(
+            registry, NODE_IMAGES, builder=Builder(say=self.say), revision=LOCAL_REVISION
+        )
+        self.say(f"images pushed in {time.monotonic() - t0:.1f}s")
+        return {b.spec.name: b.reference for b in built}
+
+    def start_kube_proxy(self) -> None:
+        """One kube-proxy (iptables) for the whole cluster: Services get ClusterIPs."""
+        from kaito_dev.realnode import KubeProxy
+
+        proxy = KubeProxy(
+            kubeconfig=self.state.kubeconfig,
+            hostname="kaito-dev-proxy",
+            log_dir=self.logs,
+            bind_address=pod_reachable_address(),
+        ).start()
+        assert proxy.pid is not None
+        self.state.pids["kube-proxy"] = proxy.pid
+        self.state.save()
+        self.say("kube-proxy (iptables) serves the Services' ClusterIPs on this host")
+
+
+NODE_IMAGES = ("inference", "tuning", "curl")
+LOCAL_REVISION = "local"
+"""The stack's images' revision label: fixed, so a commit alone rebuilds and pushes nothing."""
+"""What pods on real nodes run: the server and fetcher, the tuning job, the demo's client."""
+
+
+NODES_ROOT = Path("/var/lib/kaito-dev")
+
+
+def node_dir_for(state_dir: Path) -> Path:
+    """The real nodes' folders of the stack in ``state_dir``: a short path of its own
+    (``/var/lib/kaito-dev/<hash>``), because the kubelet puts unix sockets under its
+    root folder and a socket path may not exceed 107 bytes (a pytest tmp_path would)."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+    return NODES_ROOT / digest
+
+
+def pod_reachable_address() -> str:
+    """This host's address as pods see it (their 127.0.0.1 is their own): the source
+    address of the host's route towards the pod network."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.244.0.1", 9))  # no packet is sent: this only picks a route
+            address = str(s.getsockname()[0])
+        except OSError as e:
+            raise ControlPlaneError(f"no route from this host towards the pods: {e}") from e
+    if address.startswith("127."):
+        raise ControlPlaneError("this host has no address but loopback: pods cannot reach it")
+    return address
+
 
 def cache_dir() -> Path:
     """Where built artefacts outlive a cluster: ``$KAITO_CACHE`` or ``~/.cache/kaito``."""
@@ -310,10 +429,14 @@ def _http_ok(port: int) -> bool:
         return False
 
 
-async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -> dict[str, Any]:
+async def start_stack(
+    state: ControlPlaneState, *, say: Callable[[str], None], nodes: str = "real"
+) -> dict[str, Any]:
     """CRDs, RBAC, the registry, the AKS emulator, the hub emulator, both controllers (as
-    their ServiceAccounts) and the node agent; returns what the demo prints (logs,
-    metrics ports, the hub's URL)."""
+    their ServiceAccounts) and the nodes (``real``, or the node agent with ``agent``);
+    returns what the demo prints (logs, metrics ports, the hub's URL)."""
+    if nodes not in ("real", "agent"):
+        raise ValueError(f"nodes: {nodes!r} is not one of real, agent")
     ids = Path(state.data_dir) / "identities"
     ids.mkdir(exist_ok=True)
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
@@ -328,16 +451,34 @@ async def start_stack(state: ControlPlaneState, *, say: Callable[[str], None]) -
             for ident in identities.CONTROLLERS
         }
     stack = Stack(state, say=say)
-    registry = stack.start_registry()
-    arm_env = stack.start_aks_emulator(create_latency=0.5)
-    hub = stack.start_hf_hub(await stack.stand_in_model())
-    stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
-    stack.start_workspace_controller(kubeconfigs["workspace-controller"])
-    stack.start_node_agent(hub)
+    images: dict[str, str] = {}
+    if nodes == "agent":
+        registry = stack.start_registry()
+        arm_env = stack.start_aks_emulator(create_latency=0.5)
+        hub = stack.start_hf_hub(await stack.stand_in_model())
+        stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
+        stack.start_workspace_controller(kubeconfigs["workspace-controller"])
+        stack.start_node_agent(hub)
+    else:
+        stack.prepare_real_nodes()
+        registry = stack.start_registry(storage=cache_dir() / "registry")
+        images = await asyncio.to_thread(stack.build_images, registry)
+        model = await stack.stand_in_model()
+        hub = stack.start_hf_hub(model, host=pod_reachable_address())
+        stack.start_kube_proxy()
+        arm_env = stack.start_aks_emulator(create_latency=0.5, registry=registry)
+        stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
+        stack.start_workspace_controller(
+            kubeconfigs["workspace-controller"],
+            [f"--image-registry={registry}", f"--hf-endpoint={hub}"],
+        )
     info = {
+        "nodes": nodes,
         "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
         "registry": registry,
+        "images": images,
         "hf_endpoint": hub,
+        "node_dir": str(stack.node_dir),
         "logs": str(stack.logs),
         "ports": stack.ports,
     }

@@ -1,12 +1,14 @@
-"""The whole path, as a user runs it, on the local stack (`kaito dev up`):
+"""The whole path, as a user runs it, on the local stack (`kaito dev up`) with REAL nodes:
 
 1. a tuning Workspace of phi-3 whose input and output are volumes: the workspace
-   controller provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool),
-   creates the Job, the real scheduler binds its pod to the node, the node agent runs
-   its ``fetch-weights`` init container (the real fetcher, against the stack's hub
-   emulator, which serves the tiny stand-in model under phi-3's repo at the preset's
-   pinned revision) and then images/tuning on those weights, which writes a LoRA
-   adapter into the output volume; the Workspace reports JobStarted and WorkspaceReady;
+   controller provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool,
+   whose VM boots as a real node: containerd + kubelet 1.20 + the emulated-GPU device
+   plugin), creates the Job, the real scheduler binds its pod to the node, the kubelet
+   pulls our images from the stack's registry and runs its ``fetch-weights`` init
+   container (the real fetcher, against the stack's hub emulator, which serves the tiny
+   stand-in model under phi-3's repo at the preset's pinned revision) and then our
+   tuning image on those weights, which writes a LoRA adapter into the output volume;
+   the Workspace reports JobStarted and WorkspaceReady;
 2. an inference Workspace that serves that adapter from a volume, on a node of its own:
    its pod fetches the weights onto that node's disk (the hub's log shows every file
    sent once per node, each node's cache has the fetcher's ``.kaito-complete``); the
@@ -15,7 +17,9 @@
 3. a real Prometheus (Debian's) scrapes both controllers and the inference server and
    returns ``controller_runtime_reconcile_total`` and ``vllm:*`` series;
 4. deleting the Workspaces leaves nothing: no Machines, agent pools, Nodes, pods,
-   Services, Deployments or Jobs.
+   Services, Deployments or Jobs, and the pools' real nodes are stopped with nothing of
+   them left on the host; `kaito dev down` then finds nothing left either (no node
+   state, containers, cgroups, bridges, ``KUBE-*`` chains; the host's sysctls back).
 
 The controllers run as processes authenticated as their deploy/ ServiceAccounts, so
 every API call of the path is checked against the shipped RBAC.
@@ -51,7 +55,9 @@ from kaito.runtime.resource import (
     SERVICES,
 )
 from kaito_dev.controlplane import ControlPlaneState
-from kaito_dev.stack import read_env_file
+from kaito_dev.realnode import hoststate
+from kaito_dev.realnode.node import RUN_ROOT
+from kaito_dev.stack import node_dir_for, read_env_file
 from tests.integration.polling import poll_until
 from tests.integration.prometheus import start_prometheus
 
@@ -73,22 +79,35 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client
     """`kaito dev up` in its own folder (its own control plane), `kaito dev down` after."""
     state_dir = tmp_path / "dev"
     kaito = [sys.executable, "-m", "kaito_dev"]
+    sysctls = {name: hoststate.read_sysctl(name) for name in hoststate.SYSCTLS}
     up = await asyncio.to_thread(
         subprocess.run,
         [*kaito, "up", "--dir", str(state_dir)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # the first run on a machine builds the images (~5 min)
     )
+    passed = False
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = ControlPlaneState.load(state_dir)
         async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
             yield state, client
+        passed = True
     finally:
-        await asyncio.to_thread(
-            subprocess.run, [*kaito, "down", "--dir", str(state_dir)], timeout=120, check=False
+        down = await asyncio.to_thread(
+            subprocess.run,
+            [*kaito, "down", "--dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
+    if passed:  # else the test's own failure is the news
+        assert down.returncode == 0 and "LEFT BEHIND" not in down.stdout, down.stdout
+        assert not list(RUN_ROOT.glob("aks-*")), "node state left in /run/kaito-node"
+        assert hoststate.kube_chains() == [], "iptables chains left"
+        assert {n: hoststate.read_sysctl(n) for n in hoststate.SYSCTLS} == sysctls
 
 
 def workspace(name: str, **section: Any) -> Obj:
@@ -115,7 +134,7 @@ async def get_ws(client: Client, name: str) -> Obj | None:
         return None
 
 
-async def wait_true(client: Client, name: str, ctype: str, timeout: float = 180.0) -> Obj:
+async def wait_true(client: Client, name: str, ctype: str, timeout: float = 480.0) -> Obj:
     def done(ws: Obj | None) -> bool:
         conds = conditions(ws)
         if (conds.get("MachineReady") or {}).get("status") == "False":
@@ -183,9 +202,9 @@ async def assert_fetched_once_per_node(
     nodes = {serving_pod["spec"]["nodeName"]}
     nodes |= {p["spec"]["nodeName"] for p in tuning_pods["items"]}
     assert len(nodes) == 2, nodes
-    disk = Path(state.data_dir) / "node-agent" / "node-disk"
+    disk = node_dir_for(Path(state.data_dir))  # each real node's own /var/lib/kaito
     for node in nodes:
-        marker = disk / node / "var/lib/kaito/models" / hf.cache_name / ".kaito-complete"
+        marker = disk / node / "disk/kaito/models" / hf.cache_name / ".kaito-complete"
         done = json.loads(marker.read_text())
         assert (done["repo"], done["commit"]) == (hf.repo, hf.revision), done
     sent: dict[str, int] = {}
@@ -196,6 +215,7 @@ async def assert_fetched_once_per_node(
     assert sent == dict.fromkeys(files, len(nodes)), sent
 
 
+@pytest.mark.timeout(1500)  # the first run on a machine builds the images (~5 min)
 async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behind(
     stack: tuple[ControlPlaneState, Client], tmp_path: Path
 ) -> None:
@@ -319,6 +339,8 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
             left["Service"] = services
         return left
 
-    left = await poll_until(leftovers, lambda x: not x, timeout=90, what="workload garbage")
+    left = await poll_until(leftovers, lambda x: not x, timeout=180, what="workload garbage")
     assert left == {}
     assert agent_pools(state) == []
+    # The pools' VMs are gone too: the emulator stopped them and checked the host.
+    assert not list(node_dir_for(Path(state.data_dir)).glob("*/state.json"))

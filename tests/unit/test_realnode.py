@@ -179,3 +179,49 @@ def test_device_plugin_serves_devices_and_allocates_the_emulated_gpu_env(tmp_pat
     finally:
         stopping.set()
         server.stop(0)
+
+
+def test_an_aks_node_registers_with_the_labels_a_kubelet_may_set_and_gets_the_rest_patched() -> (
+    None
+):
+    from kaito_dev.aks.nodes import build_node
+    from kaito_dev.aks.realnodes import kubelet_labels
+
+    node = build_node(
+        subscription_id="s",
+        resource_group="rg",
+        cluster="c",
+        location="eastus",
+        pool="gpu",
+        index=0,
+        properties={"vmSize": "Standard_NC6s_v3", "nodeLabels": {"apps": "phi-3"}},
+        ip="0.0.0.0",
+        ready=False,
+    )
+    own, later = kubelet_labels(node["metadata"]["labels"])
+    assert later == {"kubernetes.io/role": "agent", "node-role.kubernetes.io/agent": ""}
+    assert own["apps"] == "phi-3"
+    assert own["kubernetes.azure.com/agentpool"] == "gpu"
+    assert own["node.kubernetes.io/instance-type"] == "Standard_NC6s_v3"
+    assert own["kubernetes.azure.com/accelerator"] == "nvidia"
+    assert set(own) | set(later) == set(node["metadata"]["labels"])
+
+
+def test_the_kubelet_carries_the_provider_id_and_each_node_has_its_own_disk(tmp_path: Path) -> None:
+    from kaito_dev.realnode.node import PRIVATE_MOUNTS, RealNode, kubelet_args
+
+    real = RealNode(
+        name="aks-gpu-1-vmss000000",
+        dir=str(tmp_path),
+        run_dir="/run/kaito-node/x",
+        pod_cidr="10.244.1.0/24",
+        bridge="kbr-1",
+        gpus=1,
+        kubeconfig="/k",
+        kubelet_port=1,
+        provider_id="azure:///subscriptions/s/x/virtualMachines/0",
+    )
+    assert "--provider-id=azure:///subscriptions/s/x/virtualMachines/0" in kubelet_args(
+        real, tmp_path
+    )
+    assert PRIVATE_MOUNTS["disk/kaito"] == "/var/lib/kaito"

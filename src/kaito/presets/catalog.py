@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -59,6 +60,7 @@ __all__ = [
     "Images",
     "Preset",
     "RuntimeChoice",
+    "check_hf_endpoint",
     "check_image_registry",
     "fetch_command",
     "image_fetch_command",
@@ -169,6 +171,18 @@ class Defaults(_Data):
     transformers: EngineParams
 
 
+def check_hf_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is "" or an http(s) URL with a host and no query; else ValueError."""
+    if not endpoint:
+        return ""
+    parsed = urllib.parse.urlsplit(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"hub endpoint {endpoint!r}: give an http(s)://host[:port] URL")
+    if parsed.query or parsed.fragment or " " in endpoint:
+        raise ValueError(f"hub endpoint {endpoint!r}: no query, fragment or spaces")
+    return endpoint.rstrip("/")
+
+
 def check_image_registry(registry: str) -> str:
     """``registry`` without a trailing slash; ValueError naming what is wrong with it.
 
@@ -208,6 +222,9 @@ class Catalog:
     skus: Mapping[str, GpuSku] = field(default_factory=dict)
     """VM sizes keyed lower-cased; empty means every size is unknown (CPU-only)."""
     image_registry: str = DEFAULT_IMAGE_REGISTRY
+    hf_endpoint: str = ""
+    """The Hugging Face hub the weights fetchers download from (their ``HF_ENDPOINT``);
+    empty: huggingface_hub's default, the public hub."""
 
     @property
     def images(self) -> Images:
@@ -221,6 +238,11 @@ class Catalog:
     def with_image_registry(self, registry: str) -> Catalog:
         """This catalog with its images in ``registry`` (checked, `check_image_registry`)."""
         return dataclasses.replace(self, image_registry=check_image_registry(registry))
+
+    def with_hf_endpoint(self, endpoint: str) -> Catalog:
+        """This catalog with its weights fetched from the hub at ``endpoint`` (checked,
+        `check_hf_endpoint`); "" keeps the public hub."""
+        return dataclasses.replace(self, hf_endpoint=check_hf_endpoint(endpoint))
 
     def get(self, name: str) -> Preset | None:
         """The preset called ``name`` (any case), or None."""

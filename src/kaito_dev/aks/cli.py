@@ -5,6 +5,12 @@ It serves the ARM wire protocol over HTTPS with a self-signed certificate writte
 operations live in ``--dir``/state.json: started again on the same ``--dir`` (and
 ``--port``), it is the same cluster, with the same CA, as AKS is to a client after a
 restart of either.
+
+``--nodes simulated`` (default) registers Node objects and heartbeats for each VM;
+``--nodes real`` boots each VM as a real node on this host (containerd + kubelet +
+device plugin, `kaito_dev.aks.realnodes`; root, ``hack/node-tools.sh`` and the kubelet
+from ``hack/local-cluster.sh``), under ``--node-dir``, pulling from ``--registry``.
+Real nodes outlive this process; a restarted emulator re-adopts them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_arguments"]
 
@@ -31,6 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delete-latency", type=float, default=2.0, help="seconds; default 2")
     p.add_argument("--node-ready-delay", type=float, default=1.0, help="seconds; default 1")
     p.add_argument("--heartbeat-interval", type=float, default=30.0, help="0 disables")
+    p.add_argument(
+        "--nodes",
+        choices=("simulated", "real"),
+        default="simulated",
+        help="simulated: Node objects only (default); real: boot each VM as a real node",
+    )
+    p.add_argument(
+        "--node-dir", type=Path, default=None, help="real nodes' folders (default <dir>/nodes)"
+    )
+    p.add_argument(
+        "--registry", default=None, help="real nodes pull HOST:PORT/... from this registry"
+    )
+    p.add_argument(
+        "--mirror-for",
+        action="append",
+        default=[],
+        help="a registry host whose images real nodes pull from --registry (repeatable)",
+    )
     p.set_defaults(func=cmd_aks_emulator)
 
 
@@ -60,6 +85,9 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
     )
     async with Client(await ClientConfig.load(args.kubeconfig)) as kube:
+        backend = None
+        if args.nodes == "real":
+            backend = _real_nodes(args, config, kube, directory)
         emulator = AKSEmulator(
             kube,
             config,
@@ -67,6 +95,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
             port=args.port,
             tls=CertWatcher(cert, key),
             state_file=directory / "state.json",
+            node_backend=backend,
         )
         await emulator.start()
         env = {
@@ -96,3 +125,30 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         finally:
             await emulator.stop()
     return 0
+
+
+def _real_nodes(args: argparse.Namespace, config: Any, kube: Any, directory: Path) -> Any:
+    import os
+
+    from kaito_dev.aks.realnodes import RealKubelets
+
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    if not kubeconfig:
+        raise SystemExit("--nodes real: give --kubeconfig (the kubelets use it) or $KUBECONFIG")
+    node_dir = (args.node_dir or directory / "nodes").resolve()
+
+    def make(spawn: Any) -> RealKubelets:
+        return RealKubelets(
+            kube,
+            subscription_id=config.subscription_id,
+            resource_group=config.resource_group,
+            cluster=config.cluster_name,
+            location=config.location,
+            spawn=spawn,
+            base_dir=node_dir,
+            kubeconfig=str(Path(kubeconfig).resolve()),
+            registry=args.registry,
+            mirror_for=args.mirror_for,
+        )
+
+    return make

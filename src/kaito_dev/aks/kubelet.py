@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -26,12 +26,28 @@ from kaito_dev.aks.nodes import (
     ready_condition,
 )
 
-__all__ = ["SimulatedKubelets"]
+__all__ = ["Kubelets", "SimulatedKubelets"]
 
 log = structlog.get_logger("kaito_dev.aks")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], Any]
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+
+
+class Kubelets(Protocol):
+    """What the agent pools need of their VMs' kubelets: `SimulatedKubelets` (Node
+    objects only) or `kaito_dev.aks.realnodes.RealKubelets` (real nodes)."""
+
+    async def register(self, pool: str, properties: Obj, *, ready_delay: float) -> list[str]: ...
+
+    async def remove(self, names: Iterable[str]) -> None: ...
+
+    async def heartbeat_forever(self, interval: float, names: Callable[[], list[str]]) -> None: ...
+
+    async def turn_ready(self, name: str, delay: float) -> None:
+        """A registered Node Ready again after an emulator restart (its pending
+        turn-Ready died with the old process)."""
+        ...
 
 
 class SimulatedKubelets:

@@ -33,7 +33,7 @@ import asyncio
 import json
 import os
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from kaito.runtime.faults import add_fault_routes
 from kaito.runtime.httpserver import HttpServer
 from kaito_dev.aks.arm import ArmApi
 from kaito_dev.aks.faults import Fault, FaultInjector, Op
-from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.kubelet import Kubelets, SimulatedKubelets, Spawn
 from kaito_dev.aks.state import (
     AgentPools,
     EmulatorConfig,
@@ -73,6 +73,10 @@ class AKSEmulator:
         state_file: keep the pools and operations in this JSON file (rewritten after
             every change, read back by `start`), so a restarted emulator resumes where a
             killed one stopped; default None (in memory only).
+        node_backend: makes the pools' kubelets from the emulator's task spawner
+            (e.g. `kaito_dev.aks.realnodes.RealKubelets`, real nodes); default
+            `SimulatedKubelets` (Node objects and heartbeats only). A backend with an
+            ``adopt()`` gets the pools of the VMs that outlived a previous process back.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class AKSEmulator:
         port: int = 0,
         tls: ssl.SSLContext | CertWatcher | None = None,
         state_file: Path | None = None,
+        node_backend: Callable[[Spawn], Kubelets] | None = None,
     ) -> None:
         self.kube = kube
         self.state_file = state_file
@@ -95,8 +100,10 @@ class AKSEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: HttpServer | None = None
         cfg = self.config
-        self.kubelets = (
-            SimulatedKubelets(
+        self.kubelets: Kubelets | None = (
+            node_backend(self._spawn)
+            if kube is not None and node_backend is not None
+            else SimulatedKubelets(
                 kube,
                 subscription_id=cfg.subscription_id,
                 resource_group=cfg.resource_group,
@@ -146,6 +153,10 @@ class AKSEmulator:
         )
         await self._http.start()
         self.port = int(self._http.port or 0)
+        adopt = getattr(self.kubelets, "adopt", None)
+        if adopt is not None:
+            for name, (properties, nodes) in adopt().items():
+                self.state.adopt(name, properties, nodes)
         if self.kubelets is not None and self.config.heartbeat_interval > 0:
             self._spawn(
                 self.kubelets.heartbeat_forever(

@@ -37,7 +37,7 @@ from kaito.runtime.errors import ApiError
 from kaito.runtime.meta import Obj
 from kaito.runtime.timestamps import now_rfc3339
 from kaito_dev.aks.faults import ALLOCATION_FAILED, Fault, FaultKind, Op
-from kaito_dev.aks.kubelet import SimulatedKubelets
+from kaito_dev.aks.kubelet import Kubelets
 from kaito_dev.aks.nodes import node_name
 
 __all__ = ["AgentPools", "EmulatorConfig", "Operation", "Pool", "RecordedRequest"]
@@ -157,7 +157,7 @@ class AgentPools:
     def __init__(
         self,
         config: EmulatorConfig,
-        kubelets: SimulatedKubelets | None,
+        kubelets: Kubelets | None,
         spawn: Spawn,
         on_change: Callable[[], None] | None = None,
     ) -> None:
@@ -231,10 +231,21 @@ class AgentPools:
     def node_names(self) -> list[str]:
         return [n for p in self.pools.values() for n in p.nodes]
 
-    async def _ready_again(self, kubelets: SimulatedKubelets, pool: str, node: str) -> None:
+    async def _ready_again(self, kubelets: Kubelets, pool: str, node: str) -> None:
         await self._until_apiserver_answers(
             lambda: kubelets.turn_ready(node, 0.0), pool=pool, step="node ready again"
         )
+
+    def adopt(self, name: str, properties: Obj, nodes: list[str]) -> Pool:
+        """A pool whose VMs outlived a previous emulator process: ``Succeeded``. A pool the
+        state file already restored keeps what it says."""
+        if name in self.pools:
+            return self.pools[name]
+        pool = Pool(name=name, properties={**properties, "provisioningState": "Succeeded"})
+        pool.nodes = list(nodes)
+        self.pools[name] = pool
+        log.info("agent pool re-adopted", pool=name, nodes=nodes)
+        return pool
 
     def begin_create(self, name: str, props: Obj, *, failure: Fault | None) -> Pool:
         """A new pool, ``Creating``; ``failure`` (a late fault) decides how it ends."""

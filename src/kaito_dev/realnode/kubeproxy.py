@@ -29,8 +29,17 @@ log = structlog.get_logger("kaito_dev.realnode.kubeproxy")
 
 class KubeProxy:
     def __init__(
-        self, *, kubeconfig: str | Path, hostname: str, log_dir: Path, bin_dir: Path | None = None
+        self,
+        *,
+        kubeconfig: str | Path,
+        hostname: str,
+        log_dir: Path,
+        bin_dir: Path | None = None,
+        bind_address: str | None = None,
     ) -> None:
+        """``bind_address``: this host's IP; given, kube-proxy takes it as the node's IP
+        instead of reading ``hostname``'s Node (which need not exist: it retries ~30 s)."""
+        self.bind_address = bind_address
         self.kubeconfig = str(kubeconfig)
         self.hostname = hostname
         self.log_dir = log_dir
@@ -58,6 +67,7 @@ class KubeProxy:
             f"--healthz-bind-address=127.0.0.1:{self.healthz_port}",
             f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
             "--v=1",
+            *([f"--bind-address={self.bind_address}"] if self.bind_address else []),
         ]
 
     def start(self, *, timeout: float = 30.0) -> KubeProxy:

@@ -11,7 +11,8 @@ A node is (REAL-NODES.md has the verified flags and the pitfalls):
 - a **mount namespace** of its own: a holder process (``unshare -m --propagation slave``)
   bind-mounts the node's folders over ``/var/lib/kubelet``, ``/var/log/pods``,
   ``/var/log/containers`` and ``/var/lib/cni`` (kubelet 1.20 and libcni hard-code them;
-  two kubelets otherwise delete each other's pod logs and device-plugin sockets), and
+  two kubelets otherwise delete each other's pod logs and device-plugin sockets) and
+  ``/var/lib/kaito`` (the node's own disk: hostPath model caches are per node), and
   containerd, the kubelet and the device plugin run inside it (``nsenter``). Mounts
   made there (kubelet volumes, container root filesystems, netns files) never show on
   the host and vanish with the namespace;
@@ -86,6 +87,9 @@ PRIVATE_MOUNTS = {
     "log/pods": "/var/log/pods",
     "log/containers": "/var/log/containers",
     "cni-state": "/var/lib/cni",
+    # The node's own disk for what workloads keep on it: the model cache hostPath
+    # (/var/lib/kaito/models) is per node, as on a real VM.
+    "disk/kaito": "/var/lib/kaito",
 }
 # Pod IPs come out of this range; each node gets a /24 (or whatever pod_cidr says).
 CLUSTER_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
@@ -131,6 +135,7 @@ class RealNode:
     kubelet_port: int
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[str] = field(default_factory=list)
+    provider_id: str = ""  # --provider-id: the Node's spec.providerID (e.g. an Azure VM)
     mount_ns: str = ""  # "mnt:[inode]" of the node's mount namespace
     pids: dict[str, int] = field(default_factory=dict)
     booted_at: float = 0.0  # time.time() when boot began
@@ -304,6 +309,8 @@ def kubelet_args(node: RealNode, bin_dir: Path) -> list[str]:
         args.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
     if node.taints:
         args.append("--register-with-taints=" + ",".join(node.taints))
+    if node.provider_id:
+        args.append(f"--provider-id={node.provider_id}")
     return args
 
 
@@ -326,6 +333,7 @@ def boot(
     registry: str | None = None,
     mirror_for: Sequence[str] = (),
     bin_dir: Path | None = None,
+    provider_id: str = "",
 ) -> RealNode:
     """Start a node's containerd, kubelet and (``gpus`` > 0) device plugin; return at once.
 
@@ -362,6 +370,7 @@ def boot(
         kubelet_port=free_port(),
         labels=labels,
         taints=[t.flag() for t in parsed_taints],
+        provider_id=provider_id,
         booted_at=time.time(),
     )
     for sub in [*PRIVATE_MOUNTS, "logs", "cni/net.d", "certs.d", "pki", "opt"]:

@@ -246,3 +246,37 @@ def test_deploy_feeds_the_registry_from_its_kustomization() -> None:
     deployment = yaml.safe_load((DEPLOY / "deployment.yaml").read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert {"configMapRef": {"name": generator["name"]}} in container["envFrom"]
+
+
+def test_the_hub_endpoint_setting_reaches_every_weights_fetch_and_only_it() -> None:
+    catalog = CATALOG.with_hf_endpoint("http://10.0.0.2:8080/")
+    ws = workspace("inference", {"name": "phi-3-mini-4k-instruct"})
+    objs = inference_objects(ws, resolve_plan(ws, catalog), revision=REV)
+    pod = pod_spec_of(next(b for _, b in objs if b["kind"] == "Deployment"))
+    (fetch,) = pod["initContainers"]
+    env = {e["name"]: e.get("value") for e in fetch["env"]}
+    assert env["HF_ENDPOINT"] == "http://10.0.0.2:8080"
+    assert "HF_ENDPOINT" not in {e["name"] for c in pod["containers"] for e in c.get("env") or ()}
+    ws = workspace("tuning", {"name": "phi-3-mini-4k-instruct"})
+    job = tuning_job(ws, resolve_plan(ws, catalog), revision=REV)[1]
+    (tuning_fetch,) = [
+        c for c in job["spec"]["template"]["spec"]["initContainers"] if c["name"] == "fetch-weights"
+    ]
+    assert {"name": "HF_ENDPOINT", "value": "http://10.0.0.2:8080"} in tuning_fetch["env"]
+    # Without the setting the fetcher uses huggingface_hub's default hub.
+    ws = workspace("inference", {"name": "phi-3-mini-4k-instruct"})
+    objs = inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV)
+    (fetch,) = pod_spec_of(next(b for _, b in objs if b["kind"] == "Deployment"))["initContainers"]
+    assert "HF_ENDPOINT" not in {e["name"] for e in fetch["env"]}
+
+
+def test_the_hub_endpoint_flag_defaults_to_the_environment_and_refuses_a_non_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KAITO_HF_ENDPOINT", raising=False)
+    assert parse().hf_endpoint == ""
+    monkeypatch.setenv("KAITO_HF_ENDPOINT", "https://hub.example.com")
+    assert parse().hf_endpoint == "https://hub.example.com"
+    with pytest.raises(SystemExit):
+        parse("--hf-endpoint", "hub.example.com")
+    assert "argument --hf-endpoint: hub endpoint 'hub.example.com'" in capsys.readouterr().err

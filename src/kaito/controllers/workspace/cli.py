@@ -6,7 +6,9 @@ The Deployment's entrypoint. The cluster comes from in-cluster config or
 replica, while the reconciler runs only on the leader when ``--leader-elect`` is on.
 ``--image-registry`` (env ``KAITO_IMAGE_REGISTRY``, default ``ghcr.io/kaito-project``)
 is where every workload's images come from: ``<registry>/kaito-python/inference:<version>``
-and ``<registry>/kaito-python/tuning:<version>``. SIGTERM/SIGINT stop it gracefully; a
+and ``<registry>/kaito-python/tuning:<version>``. ``--hf-endpoint`` (env
+``KAITO_HF_ENDPOINT``) is the Hugging Face hub the weights fetchers download from (a
+mirror; default the public hub). SIGTERM/SIGINT stop it gracefully; a
 lost Lease exits 1 so that Kubernetes restarts the pod as a follower.
 """
 
@@ -21,7 +23,12 @@ import structlog
 
 from kaito.controllers.workspace.admission import cli as webhook_cli
 from kaito.controllers.workspace.nodes.provisioning import Mode, Provisioning
-from kaito.presets.catalog import DEFAULT_IMAGE_REGISTRY, check_image_registry, load_catalog
+from kaito.presets.catalog import (
+    DEFAULT_IMAGE_REGISTRY,
+    check_hf_endpoint,
+    check_image_registry,
+    load_catalog,
+)
 from kaito.runtime.entrypoint import (
     add_manager_arguments,
     manager_options,
@@ -29,9 +36,10 @@ from kaito.runtime.entrypoint import (
     user_agent,
 )
 
-__all__ = ["IMAGE_REGISTRY_ENV", "add_commands"]
+__all__ = ["HF_ENDPOINT_ENV", "IMAGE_REGISTRY_ENV", "add_commands"]
 
 IMAGE_REGISTRY_ENV = "KAITO_IMAGE_REGISTRY"
+HF_ENDPOINT_ENV = "KAITO_HF_ENDPOINT"
 
 log = structlog.get_logger("kaito.controllers.workspace.cli")
 
@@ -60,6 +68,13 @@ def add_commands(sub: Any) -> None:
         "<registry>/kaito-python/inference:<version> and .../tuning:<version> "
         f"(env {IMAGE_REGISTRY_ENV}; default {DEFAULT_IMAGE_REGISTRY})",
     )
+    p.add_argument(
+        "--hf-endpoint",
+        type=_hf_endpoint,
+        default=os.environ.get(HF_ENDPOINT_ENV) or "",
+        help="the Hugging Face hub the weights fetchers download from, an http(s) URL "
+        f"(their HF_ENDPOINT; env {HF_ENDPOINT_ENV}; default: the public hub)",
+    )
     webhook_cli.add_arguments(p)
     p.set_defaults(func=cmd_workspace_controller)
 
@@ -67,6 +82,13 @@ def add_commands(sub: Any) -> None:
 def _registry(value: str) -> str:
     try:
         return check_image_registry(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _hf_endpoint(value: str) -> str:
+    try:
+        return check_hf_endpoint(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
 
@@ -79,7 +101,9 @@ async def _run(args: argparse.Namespace) -> int:
     from kaito.controllers.workspace.app import WorkspaceController
     from kaito.runtime.client import Client, ClientConfig
 
-    catalog = load_catalog().with_image_registry(args.image_registry)
+    catalog = (
+        load_catalog().with_image_registry(args.image_registry).with_hf_endpoint(args.hf_endpoint)
+    )
     options = manager_options(
         args, component="workspace-controller", leader_election_id="workspace-controller"
     )
@@ -101,6 +125,7 @@ async def _run(args: argparse.Namespace) -> int:
             node_provisioning_mode=args.node_provisioning_mode,
             inference_image=catalog.images.inference,
             tuning_image=catalog.images.tuning,
+            hf_endpoint=catalog.hf_endpoint or "(public hub)",
             webhook=not args.no_webhook,
         )
         hook = None if args.no_webhook else webhook_cli.options_from_args(args)

@@ -67,6 +67,9 @@ class Weights:
     """``presetOptions.modelImage``: the model image the fetch pulls (empty: the hub)."""
     pull_secrets: tuple[str, ...] = ()
     """``presetOptions.modelImagePullSecrets``: dockerconfigjson Secrets for that pull."""
+    endpoint: str = ""
+    """The hub the fetch downloads from (the fetcher's ``HF_ENDPOINT``); empty: the
+    public hub."""
     link_dir: str = ""
     """The pod's own folder where the fetch links a model image named by tag (`model`
     is in it); empty when ``model`` names the cache folder itself."""
@@ -118,7 +121,7 @@ def _gpus_per_node(ws: Workspace, preset: Preset | None, sku: GpuSku | None) -> 
     return 1
 
 
-def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults) -> Weights:
+def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults, endpoint: str) -> Weights:
     options = spec.options
     if spec.access_mode == "private" and options.image:
         return Weights(model=defaults.weights_dir)  # the user's image holds them
@@ -139,6 +142,7 @@ def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults) -> Weights:
         fetch=tuple(fetch_command(preset, defaults)),
         cache_dir=defaults.model_cache_dir,
         token_secret=options.model_access_secret,
+        endpoint=endpoint,
     )
 
 
@@ -167,7 +171,7 @@ def resolve_plan(ws: Workspace, catalog: Catalog) -> WorkspacePlan:
         disk=preset.disk if preset is not None else DEFAULT_DISK,
         gpus_per_node=_gpus_per_node(ws, preset, sku),
         weights=(
-            _weights(spec, preset, catalog.defaults)
+            _weights(spec, preset, catalog.defaults, catalog.hf_endpoint)
             if spec is not None and preset is not None
             else None
         ),

@@ -15,7 +15,8 @@
   container ``fetch-weights`` running the inference image's fetcher into the node's
   model cache, a hostPath (``DirectoryOrCreate``) mounted read-write there and read-only
   in the container that loads them; ``HF_TOKEN`` from ``presetOptions.modelAccessSecret``
-  and ``POD_NAME``/``POD_NAMESPACE`` (the fetcher reports its progress on its own pod);
+  and ``POD_NAME``/``POD_NAMESPACE`` (the fetcher reports its progress on its own pod),
+  ``HF_ENDPOINT`` when the controller's ``--hf-endpoint`` names a hub (a mirror);
   for a model image (``presetOptions.modelImage``) the same container runs the image
   fetch instead, with each of ``modelImagePullSecrets`` mounted read-only at
   ``/mnt/pull-secrets/<secret>`` (as for adapter images: kubelet never pulls a model
@@ -200,6 +201,8 @@ def weights_parts(weights: Weights | None, image: str) -> tuple[list[Obj], list[
         # The image is offline by default (the server must never reach the hub); this
         # container's one job is to download.
         env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
+        if weights.endpoint:
+            env.append({"name": "HF_ENDPOINT", "value": weights.endpoint})
     for i, secret in enumerate(weights.pull_secrets):
         folder = f"{PULL_SECRETS_DIR}/{secret}"
         volumes.append(
