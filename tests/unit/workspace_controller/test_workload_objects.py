@@ -247,6 +247,43 @@ def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
 
 
+def test_a_statefulsets_pods_form_one_group_pod_0_first_each_rank_from_its_name() -> None:
+    ws = workspace(
+        {
+            "metadata": {"name": "llama-70b", "annotations": {}},
+            "resource": {
+                "instanceType": "Standard_NC48ads_A100_v4",
+                "count": 2,
+                "labelSelector": {"matchLabels": {"apps": "llama"}},
+            },
+            "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        },
+        namespace="models",
+    )
+    sts = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    # TP = the GPUs of one node (the SKU's 2), PP = the nodes.
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--pipeline-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--group-hosts") + 1] == (
+        "llama-70b-0.llama-70b-headless.models.svc,llama-70b-1.llama-70b-headless.models.svc"
+    )
+    assert cmd[cmd.index("--group-port") + 1] == "29500"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"]
+    )
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_a_deployment_has_no_group() -> None:
+    ws = example("kaito_workspace_phi_3.yaml")
+    deploy = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert "--group-hosts" not in container["command"]
+    assert "POD_NAME" not in [e["name"] for e in container.get("env", [])]
+
+
 def test_load_balancer_annotation_and_runtime_annotation() -> None:
     body = yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text())
     body["metadata"]["annotations"] = {"kaito.sh/enablelb": "True", "kaito.sh/runtime": "vllm"}

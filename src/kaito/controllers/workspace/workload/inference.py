@@ -108,6 +108,23 @@ def headless_name(ws: Workspace) -> str:
     return f"{ws.metadata.name}-headless"
 
 
+POD_NAME_ENV: Obj = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+"""A group's pods find their rank in their name's StatefulSet ordinal."""
+
+
+def group_hosts(ws: Workspace) -> list[str]:
+    """The stable DNS name of each pod of a StatefulSet Workspace, pod 0 first."""
+    name, ns = ws.metadata.name, ws.metadata.namespace
+    return [f"{name}-{i}.{headless_name(ws)}.{ns}.svc" for i in range(ws.resource.count)]
+
+
+def group_args(ws: Workspace) -> list[str]:
+    """The server's flags for one model across the StatefulSet's pods: every pod's
+    address (pod 0, vLLM's head and the API, first) and pod 0's torch port; each pod
+    takes its rank from ``POD_NAME``."""
+    return ["--group-hosts", ",".join(group_hosts(ws)), "--group-port", str(TORCH_PORT)]
+
+
 def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
     """The server's plan for a preset Workspace; None for a custom template."""
     assert ws.inference is not None
@@ -260,6 +277,8 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
     ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if plan.stateful:
         ports.append({"name": "torch", "containerPort": TORCH_PORT, "protocol": "TCP"})
+        command = [*command, *group_args(ws)]
+        env = [*env, POD_NAME_ENV]
     container: Obj = {
         "name": WORKLOAD_CONTAINER,
         "image": plan.image,
