@@ -78,6 +78,8 @@ async def serve(settings: Settings, group: Group | None = None) -> int:
         else:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
+        if watch is not None and watch.lost:
+            code = 1  # the group broke: kubelet restarts the container, and says why
         log.info("shutting down")
     finally:
         stop.set()

@@ -42,6 +42,9 @@ POLL_INTERVAL_S = 1.0
 LOST_AFTER_S = 5.0
 """A rank that has not answered for this long is lost (a pod restart takes longer)."""
 
+TERMINATION_LOG_ENV = "KAITO_TERMINATION_LOG"
+"""Where the reason a rank gives up is written (default: kubelet's termination log)."""
+
 _ORDINAL = re.compile(r"-(\d+)$")
 
 BOOT_ID = uuid.uuid4().hex[:12]
@@ -86,6 +89,17 @@ class Group:
             "master_addr": self.head_host,
             "master_port": self.port,
         }
+
+
+def write_termination_message(message: str) -> None:
+    """``<Reason>: <message>`` for the pod's status (``lastState.terminated.message``),
+    where the controller reads why the container stopped; best effort."""
+    path = os.environ.get(TERMINATION_LOG_ENV, "/dev/termination-log")
+    try:
+        with open(path, "w") as out:
+            out.write(message[:4000])
+    except OSError as exc:
+        log.warning("termination message not written", path=path, error=str(exc))
 
 
 def rank_from_name(name: str) -> int:
@@ -181,6 +195,8 @@ class GroupWatch:
                     f"{now - state.last_seen:.0f} s ({error}); the group must restart"
                 )
                 log.error("rank lost", rank=rank, host=self.group.hosts[rank], error=error)
+                reason = "GroupRankLost" if self.group.is_head else "GroupHeadLost"
+                write_termination_message(f"{reason}: {self.lost}")
             state.joined = False
 
     async def _poll(self, session: aiohttp.ClientSession, rank: int) -> None:

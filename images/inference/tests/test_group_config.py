@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kaito_inference.config import ConfigError, parse_settings
 from kaito_inference.engines import create_engine
-from kaito_inference.group import LOST_AFTER_S, Group, GroupWatch, make_group, rank_from_name
+from kaito_inference.group import (
+    LOST_AFTER_S,
+    TERMINATION_LOG_ENV,
+    Group,
+    GroupWatch,
+    make_group,
+    rank_from_name,
+)
 
 HOSTS = "ws-0.ws-headless.ns.svc,ws-1.ws-headless.ns.svc,ws-2.ws-headless.ns.svc"
 
@@ -52,7 +61,10 @@ def test_the_transformers_engine_refuses_a_group() -> None:
         create_engine(settings, group)
 
 
-def test_rank0_counts_joined_ranks_and_loses_one_that_goes_silent() -> None:
+def test_rank0_counts_joined_ranks_and_loses_one_that_goes_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
     group = Group(hosts=("h0", "h1", "h2"), rank=0, port=29500, http_port=5000)
     watch = GroupWatch(group=group)
     assert watch.summary() == "1/3 ranks joined"
@@ -66,12 +78,17 @@ def test_rank0_counts_joined_ranks_and_loses_one_that_goes_silent() -> None:
     watch.observe(1, ok=False, error="refused", now=10.0 + LOST_AFTER_S)
     assert watch.lost is not None
     assert watch.lost.startswith("rank 1 (h1) lost")
+    assert (tmp_path / "termination-log").read_text() == f"GroupRankLost: {watch.lost}"
 
 
-def test_a_rank_that_answers_as_a_new_process_is_lost_at_once() -> None:
+def test_a_rank_that_answers_as_a_new_process_is_lost_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "termination-log"))
     group = Group(hosts=("h0", "h1"), rank=1, port=29500, http_port=5000)
     watch = GroupWatch(group=group)
     watch.observe(0, ok=True, error="", now=1.0, boot="first")
     watch.observe(0, ok=True, error="", now=2.0, boot="second")
     assert watch.lost is not None
     assert "restarted" in watch.lost
+    assert (tmp_path / "termination-log").read_text().startswith("GroupHeadLost: rank 0 (h0)")

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import INFERENCE_DIR, MAX_MODEL_LEN, Artifacts, Reference, ServerProcess, free_port
+from kaito_inference.group import TERMINATION_LOG_ENV
 
 PROMPT = "Which nodes hold the model?"
 N_TOKENS = 16
@@ -67,7 +68,7 @@ def group(
         model=artifacts.model,
         port=worker_port,
         extra_args=worker_args,
-        env={"VLLM_HOST_IP": "127.0.0.2"},
+        env={"VLLM_HOST_IP": "127.0.0.2", TERMINATION_LOG_ENV: str(logs / "rank1-termination")},
         log_path=logs / "group-rank1.log",
     )
     head = ServerProcess(
@@ -75,7 +76,7 @@ def group(
         model=artifacts.model,
         port=head_port,
         extra_args=head_args,
-        env={"VLLM_HOST_IP": "127.0.0.1"},
+        env={"VLLM_HOST_IP": "127.0.0.1", TERMINATION_LOG_ENV: str(logs / "rank0-termination")},
         log_path=logs / "group-rank0.log",
     )
     # The worker's /health says 200 only once the head has taken it in, so it is
@@ -172,3 +173,9 @@ def test_killing_the_worker_rank_makes_rank0_unhealthy(
     assert body.get("status") == "unhealthy", body
     assert "rank 1 (127.0.0.2:" in str(body.get("error")), body
     assert body.get("ranks") == "1/2 ranks joined"
+    # Its liveness probe fails; when kubelet stops it, it exits non-zero and leaves the
+    # reason where the controller reads it (the pod's last termination message).
+    assert head.stop() == 1
+    assert head.log_path is not None
+    message = (head.log_path.parent / "rank0-termination").read_text()
+    assert message.startswith("GroupRankLost: rank 1 (127.0.0.2:"), message

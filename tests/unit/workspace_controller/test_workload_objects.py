@@ -11,7 +11,7 @@ from kaito.api.workspace import ANNOTATION_REVISION, Workspace
 from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
-from kaito.controllers.workspace.workload.inference import inference_objects
+from kaito.controllers.workspace.workload.inference import inference_objects, multi_node_refusal
 from kaito.presets.catalog import load_catalog
 from kaito.runtime.resource import (
     CONFIGMAPS,
@@ -510,3 +510,26 @@ def test_a_custom_template_or_an_image_with_its_weights_fetches_nothing_and_gets
     pod = by_kind(objs)["Deployment"]["spec"]["template"]["spec"]
     assert "serviceAccountName" not in pod
     assert all(v["name"] != "no-api-token" for v in pod["volumes"])
+
+
+def test_a_model_split_across_nodes_is_refused_when_the_transformers_engine_is_chosen() -> None:
+    body: Obj = {
+        "metadata": {"name": "llama-70b", "annotations": {}},
+        "resource": {
+            "instanceType": "Standard_NC48ads_A100_v4",
+            "count": 2,
+            "labelSelector": {"matchLabels": {"apps": "llama"}},
+        },
+        "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+    }
+    assert multi_node_refusal(workspace(body), resolve_plan(workspace(body), CATALOG)) is None
+    body["inference"]["adapters"] = [
+        {"source": {"name": "a", "image": "registry.example/a:1"}, "strength": "0.5"}
+    ]
+    ws = workspace(body)
+    refusal = multi_node_refusal(ws, resolve_plan(ws, CATALOG))
+    assert refusal is not None
+    assert refusal.startswith(
+        "preset llama-3.3-70b-instruct on 2 nodes needs the vLLM engine to split the model"
+    )
+    assert "an adapter has a strength other than 1" in refusal

@@ -62,6 +62,7 @@ __all__ = [
     "WORKLOAD_CONTAINER",
     "InferencePlan",
     "inference_objects",
+    "multi_node_refusal",
     "plan_inference",
 ]
 
@@ -148,6 +149,21 @@ def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
         pull_secrets=tuple(dict.fromkeys(s for s in secrets if s)),
         config_map=ws.inference.config or config_map_name(ws),
         generated_config=not ws.inference.config,
+    )
+
+
+def multi_node_refusal(ws: Workspace, plan: WorkspacePlan) -> str | None:
+    """Why a model split across nodes cannot run as planned, or None: only vLLM spans
+    nodes (its multi-node executor), the transformers engine runs on one."""
+    server = plan_inference(ws, plan)
+    if server is None or not server.stateful or server.runtime.runtime is Runtime.VLLM:
+        return None
+    return (
+        f"preset {server.preset.name} on {ws.resource.count} nodes needs the vLLM engine to "
+        f"split the model across them, but the transformers engine was chosen "
+        f"({server.runtime.reason}); the transformers engine runs on one node only. Remove "
+        "the kaito.sh/runtime annotation or adapter strengths other than 1, or pick an "
+        "instance type vLLM supports"
     )
 
 
