@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,50 @@ def test_a_statefulsets_pods_form_one_group_pod_0_first_each_rank_from_its_name(
         container["env"]
     )
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_each_pods_command_parses_with_the_server_into_its_rank_of_one_vllm_group() -> None:
+    """Contract across programs: the StatefulSet's argv, read by the server's parser with
+    each pod's name, gives vLLM's multi-node arguments for that pod's rank."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "images" / "inference"))
+    from kaito_inference.config import parse_settings
+    from kaito_inference.group import make_group
+
+    ws = workspace(
+        {
+            "metadata": {"name": "llama-70b", "annotations": {}},
+            "resource": {
+                "instanceType": "Standard_NC48ads_A100_v4",
+                "count": 3,
+                "labelSelector": {"matchLabels": {"apps": "llama"}},
+            },
+            "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        },
+        namespace="models",
+    )
+    sts = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    argv = container["command"][len(CATALOG.defaults.command) :]
+    at = argv.index("--config-file")  # the mounted ConfigMap, not here
+    settings = parse_settings(argv[:at] + argv[at + 2 :])
+    assert settings.engine_extra["pipeline_parallel_size"] == 3
+    assert settings.tensor_parallel_size == 2
+    for rank in range(3):
+        group = make_group(
+            settings.group_hosts,
+            settings.group_rank,
+            settings.group_port,
+            settings.port,
+            pod_name=f"llama-70b-{rank}",
+        )
+        assert group is not None
+        assert group.vllm_args() == {
+            "distributed_executor_backend": "mp",
+            "nnodes": 3,
+            "node_rank": rank,
+            "master_addr": "llama-70b-0.llama-70b-headless.models.svc",
+            "master_port": 29500,
+        }
 
 
 def test_a_deployment_has_no_group() -> None:
