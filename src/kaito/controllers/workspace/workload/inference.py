@@ -403,7 +403,10 @@ def _services(ws: Workspace, plan: InferencePlan | None) -> list[Obj]:
         {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}
     ]
     if stateful:
-        ports.append({"name": "torch", "port": TORCH_PORT, "targetPort": TORCH_PORT})
+        # protocol is a key of the ports list for server-side apply: it must be given.
+        ports.append(
+            {"name": "torch", "port": TORCH_PORT, "targetPort": TORCH_PORT, "protocol": "TCP"}
+        )
     selector = podspec.selector_labels(ws)
     if stateful:
         selector = {**selector, "statefulset.kubernetes.io/pod-name": f"{ws.metadata.name}-0"}
