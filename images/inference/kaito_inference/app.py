@@ -101,7 +101,10 @@ async def serve_group_worker(settings: Settings, group: Group) -> int:
     The HTTP port answers ``/health`` (``joining`` / ``joined``) for rank 0 and the
     probes; every other path is refused, since rank 0 serves the API.
     """
+    from .engines.vllm_engine import VLLMEngine
+
     engine = create_engine(settings, group)
+    assert isinstance(engine, VLLMEngine), "only vLLM runs in a group (create_engine)"
     watch = GroupWatch(group=group)
     joined = threading.Event()
 
@@ -145,7 +148,7 @@ async def serve_group_worker(settings: Settings, group: Group) -> int:
     def work() -> None:
         error: BaseException | None = None
         try:
-            engine.run_group_worker(joined)  # type: ignore[attr-defined]
+            engine.run_group_worker(joined)
         except BaseException as exc:  # reported by the loop below
             error = exc
 
