@@ -13,6 +13,11 @@ reconcile's `WorkspacePlan`; nothing here looks anything up.
   ClusterIP, or LoadBalancer with ``kaito.sh/enablelb: "True"``; for a StatefulSet it
   selects pod 0, the only one that serves HTTP;
 - headless Service ``<ws>-headless`` for a StatefulSet (stable pod DNS for the workers);
+- a StatefulSet's pods form one serving group (`group_args`): every pod gets
+  ``--group-hosts`` (each pod's DNS name, pod 0 first), ``--group-port 29500`` and
+  ``POD_NAME``, from which the server takes its rank; pod 0 serves the API and runs vLLM's
+  head, the others join it (``images/inference/README.md``). ``multi_node_refusal`` says
+  why a split model cannot run (only vLLM spans nodes);
 - the workload: a Deployment with ``replicas = count`` (each node serves a full copy),
   or a StatefulSet when the preset is distributed and ``count > 1`` (one model across
   the nodes). One pod per node with all of its GPUs, probes on ``/health`` (a startup
