@@ -6,6 +6,7 @@
 #   make setup-inference   .venv-inference with vLLM 0.32.0 (CPU build), torch 2.13.0 CPU
 #   make test-inference    the contract suite on both engines + the tuning tests
 #   make bench-inference   this server vs vLLM's own OpenAI server (markdown table)
+#   make bench-multinode   the model split across two ranks vs one node (markdown table)
 
 INF_PYTHON ?= python3.11
 INF_VENV ?= .venv-inference
@@ -21,7 +22,7 @@ INF_BENCH_ARGS ?=
 INF_ENV := OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE=1 TOKENIZERS_PARALLELISM=false \
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup-inference test-inference bench-inference clean-inference
+.PHONY: setup-inference test-inference bench-inference bench-multinode clean-inference
 
 # The stamp makes a second `make setup-inference` instant; editing a requirements file
 # re-runs pip, which only installs what changed.
@@ -44,6 +45,10 @@ test-inference: $(INF_STAMP)
 
 bench-inference: $(INF_STAMP)
 	cd $(INF_DIR) && $(INF_ENV) $(abspath $(INF_BIN))/python bench/compare.py \
+		--out $(abspath $(INF_BENCH_OUT)) $(INF_BENCH_ARGS)
+
+bench-multinode: $(INF_STAMP)
+	cd $(INF_DIR) && $(INF_ENV) $(abspath $(INF_BIN))/python bench/multinode.py \
 		--out $(abspath $(INF_BENCH_OUT)) $(INF_BENCH_ARGS)
 
 clean-inference:

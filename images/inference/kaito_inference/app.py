@@ -12,6 +12,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from . import logs
 from .config import ConfigError, Settings, parse_settings
 from .emulated_gpu import adapt_for_emulated_gpu
 from .engines import create_engine
+from .group import BOOT_ID, Group, GroupWatch, make_group
 from .server import Server
 
 log = structlog.get_logger(__name__)
@@ -29,10 +31,12 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
-    engine = create_engine(settings)
-    server = Server(settings, engine)
+async def serve(settings: Settings, group: Group | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code. In a multi-node group
+    this is rank 0: it also watches the other ranks (`kaito_inference.group`)."""
+    engine = create_engine(settings, group)
+    watch = GroupWatch(group=group) if group is not None else None
+    server = Server(settings, engine, group=watch)
     runner = web.AppRunner(
         server.app(),
         handler_cancellation=True,  # a client disconnect cancels its handler: abort
@@ -56,6 +60,7 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     code = 0
+    watching = asyncio.ensure_future(watch.run(stop)) if watch is not None else None
     try:
         start = asyncio.ensure_future(engine.start())
         stopping = asyncio.ensure_future(stop.wait())
@@ -74,8 +79,13 @@ async def serve(settings: Settings) -> int:
         else:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
+        if watch is not None and watch.lost:
+            code = 1  # the group broke: kubelet restarts the container, and says why
         log.info("shutting down")
     finally:
+        stop.set()
+        if watching is not None:
+            await asyncio.gather(watching, return_exceptions=True)
         await runner.cleanup()
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
@@ -83,6 +93,98 @@ async def serve(settings: Settings) -> int:
         except Exception:
             log.exception("engine shutdown failed")
     log.info("stopped", code=code)
+    return code
+
+
+async def serve_group_worker(settings: Settings, group: Group) -> int:
+    """Rank > 0: run this node's share of the model until rank 0 is lost or SIGTERM.
+
+    The HTTP port answers ``/health`` (``joining`` / ``joined``) for rank 0 and the
+    probes; every other path is refused, since rank 0 serves the API.
+    """
+    from .engines.vllm_engine import VLLMEngine
+
+    engine = create_engine(settings, group)
+    assert isinstance(engine, VLLMEngine), "only vLLM runs in a group (create_engine)"
+    watch = GroupWatch(group=group)
+    joined = threading.Event()
+
+    async def health(request: web.Request) -> web.Response:
+        body: dict[str, object] = {"rank": group.rank, "boot": BOOT_ID}
+        if watch.lost:
+            body.update(status="unhealthy", error=watch.lost)
+            return web.json_response(body, status=503)
+        if joined.is_set():
+            return web.json_response({**body, "status": "joined"})
+        return web.json_response({**body, "status": "joining"}, status=503)
+
+    async def refuse(request: web.Request) -> web.Response:
+        message = (
+            f"this is rank {group.rank} of a {group.size}-node group; rank 0 "
+            f"({group.hosts[0]}) serves the API"
+        )
+        return web.json_response(
+            {"error": {"message": message, "type": "group_worker", "param": None, "code": 503}},
+            status=503,
+        )
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/healthz", health)
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("group worker listening", rank=group.rank, head=group.hosts[0], port=settings.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watching = asyncio.ensure_future(watch.run(stop))
+    # The executor blocks a thread for its whole life: a daemon thread, not the loop's
+    # pool, so that the process can exit while it still runs.
+    finished: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            engine.run_group_worker(joined)
+        except BaseException as exc:  # reported by the loop below
+            error = exc
+
+        def report() -> None:
+            if not finished.done():
+                finished.set_result(error)
+
+        loop.call_soon_threadsafe(report)
+
+    threading.Thread(target=work, name="vllm-group-worker", daemon=True).start()
+    code = 0
+    while not stop.is_set():
+        if finished.done():
+            error = finished.result()
+            log.error("group workers exited", rank=group.rank, error=repr(error))
+            code = 1
+            break
+        if watch.lost:
+            log.error("group head lost; exiting so the pod restarts and rejoins", reason=watch.lost)
+            code = 1
+            break
+        try:
+            async with asyncio.timeout(0.5):
+                await stop.wait()
+        except TimeoutError:
+            pass
+    stop.set()
+    await asyncio.gather(watching, return_exceptions=True)
+    await runner.cleanup()
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+            await engine.stop()
+    except Exception:
+        log.exception("group worker shutdown failed")
+    log.info("stopped", code=code, rank=group.rank)
     return code
 
 
@@ -117,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     try:
         settings, _ = adapt_for_emulated_gpu(settings)
+        group = make_group(
+            settings.group_hosts, settings.group_rank, settings.group_port, settings.port
+        )
+        if group is not None and settings.engine != "vllm":
+            create_engine(settings, group)  # raises the engine's reason
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -126,4 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(serve(settings))
+    if group is not None and not group.is_head:
+        return asyncio.run(serve_group_worker(settings, group))
+    return asyncio.run(serve(settings, group))

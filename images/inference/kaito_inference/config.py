@@ -66,6 +66,9 @@ class Settings:
     log_level: str = "info"
     engine_extra: dict[str, Any] = field(default_factory=dict)
     config_engine_extra: dict[str, Any] = field(default_factory=dict)
+    group_hosts: str | None = None
+    group_rank: int | None = None
+    group_port: int = 29500
 
 
 def default_gpu_memory_utilization(
@@ -194,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="log rendering (default auto: console on a terminal, JSON otherwise)",
     )
     p.add_argument("--log-level", default="info", help="log level (default info)")
+    p.add_argument(
+        "--group-hosts",
+        help="one model across several nodes: every rank's address (host or host:port of "
+        "its HTTP API), rank 0 first, comma-separated (default: one node)",
+    )
+    p.add_argument(
+        "--group-rank",
+        type=int,
+        help="this process's rank in the group (default: the StatefulSet ordinal of "
+        "$POD_NAME or the host name)",
+    )
+    p.add_argument(
+        "--group-port",
+        type=int,
+        default=29500,
+        help="rank 0's torch.distributed port (default 29500)",
+    )
     return p
 
 
@@ -288,4 +308,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         log_level=args.log_level,
         engine_extra=extra,
         config_engine_extra=config_extra,
+        group_hosts=args.group_hosts,
+        group_rank=args.group_rank,
+        group_port=args.group_port,
     )

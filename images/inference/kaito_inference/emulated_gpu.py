@@ -8,8 +8,10 @@ this module makes the few changes a CPU needs to run the same command, and logs 
 them, so a GPU-tuned preset starts on the stand-in:
 
 - ``--dtype float16|bfloat16|half`` -> ``float32`` (no half-precision kernels on CPU);
-- ``--tensor-parallel-size N`` -> 1 and ``--pipeline-parallel-size`` dropped (one CPU
-  process);
+- ``--tensor-parallel-size N`` -> 1 (one CPU process per node); on one node
+  ``--pipeline-parallel-size`` is dropped, in a multi-node group (``--group-hosts``) it
+  is kept and equals the number of nodes (one pipeline stage per node, the split a GPU
+  group makes across its nodes);
 - ``--max-model-len`` capped at the model's ``max_position_embeddings`` (the stand-in
   model's context is shorter than the presets').
 
@@ -71,13 +73,20 @@ def adapt_for_emulated_gpu(
         adaptations.append(
             f"--tensor-parallel-size {settings.tensor_parallel_size} -> 1 (one CPU process)"
         )
+    nodes = len([h for h in (settings.group_hosts or "").split(",") if h.strip()])
     for name in ("engine_extra", "config_engine_extra"):
         extra = dict(getattr(settings, name))
         for key in _PIPELINE_KEYS:
-            if key in extra:
-                adaptations.append(
-                    f"--{key.replace('_', '-')} {extra.pop(key)} dropped (one CPU process)"
-                )
+            if key not in extra:
+                continue
+            flag = f"--{key.replace('_', '-')} {extra[key]}"
+            if nodes < 2:
+                extra.pop(key)
+                adaptations.append(f"{flag} dropped (one CPU process)")
+                changes[name] = extra
+            elif extra[key] != nodes:
+                extra[key] = nodes
+                adaptations.append(f"{flag} -> {nodes} (one CPU process per node of the group)")
                 changes[name] = extra
     context = _model_context(settings.model)
     limit = settings.max_model_len

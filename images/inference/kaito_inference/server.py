@@ -41,6 +41,7 @@ from .generation import (
     json_text,
     stream_response,
 )
+from .group import BOOT_ID, GroupWatch
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics, render
 from .protocol import (
     SEED_MIN,
@@ -69,9 +70,16 @@ class Server:
     """One engine behind the HTTP API. `app()` builds the aiohttp application."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, *, metrics: ServerMetrics | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        metrics: ServerMetrics | None = None,
+        group: GroupWatch | None = None,
     ) -> None:
         self.settings = settings
+        self.group = group
+        """Rank 0 of a multi-node group: the other ranks' health (None on one node)."""
         self.engine = engine
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.info: EngineInfo | None = None
@@ -155,18 +163,26 @@ class Server:
     # -- plain endpoints ---------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        group: dict[str, Any] = {}
+        if self.group is not None:
+            group = {"boot": BOOT_ID, "ranks": self.group.summary()}
+            if self.group.lost:
+                body = {"status": "unhealthy", "error": self.group.lost, **group}
+                return web.json_response(body, status=503)
         if self.info is None:
             state = "failed" if self.startup_error else "loading"
-            body: dict[str, Any] = {"status": state}
+            body = {"status": state, **group}
             if self.startup_error:
                 body["error"] = self.startup_error
+            elif self.group is not None:
+                body["waiting_for"] = self.group.waiting_for()
             return web.json_response(body, status=503)
         try:
             async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
                 await self.engine.check_health()
         except (EngineError, TimeoutError) as exc:
             return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", **group})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         registries = [self.metrics.registry, *self.engine.metric_registries()]

@@ -7,6 +7,7 @@ while loading, and stops it with SIGTERM (SIGKILL after a timeout).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from kaito_inference.group import TERMINATION_LOG_ENV
 
 INFERENCE_DIR = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = INFERENCE_DIR.parents[1] / "src"
@@ -238,3 +240,81 @@ class Reference:
                     out = self.model.generate(input_ids=inputs, **kwargs)
             self._cache[key] = self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
         return self._cache[key]
+
+
+@dataclass
+class GroupProcesses:
+    """A two-rank group (one model split across two nodes), started like two pods.
+
+    Rank 0 listens on 127.0.0.1 and rank 1 on 127.0.0.2, each with its own
+    ``VLLM_HOST_IP``, so each rank has its own node address; ``--pipeline-parallel-size
+    2`` puts one pipeline stage on each. Rank 1 runs in its own process group so that
+    killing it kills its vLLM worker processes too, as losing a pod does.
+    """
+
+    model: Path
+    logs: Path
+    extra_args: Sequence[str] = ()
+    head: ServerProcess = field(init=False)
+    worker: ServerProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        head_port, worker_port, torch_port = free_port(), free_port(), free_port()
+        hosts = f"127.0.0.1:{head_port},127.0.0.2:{worker_port}"
+
+        def rank(r: int, host: str, port: int) -> ServerProcess:
+            args = [
+                *self.extra_args,
+                "--pipeline-parallel-size", "2", "--group-hosts", hosts,
+                "--group-rank", str(r), "--group-port", str(torch_port), "--host", host,
+            ]  # fmt: skip
+            env = {"VLLM_HOST_IP": host, TERMINATION_LOG_ENV: str(self.termination_log(r))}
+            log_path = self.logs / f"group-rank{r}.log"
+            return ServerProcess(
+                engine="vllm", model=self.model, port=port, extra_args=args, env=env,
+                log_path=log_path,
+            )  # fmt: skip
+
+        self.head = rank(0, "127.0.0.1", head_port)
+        self.worker = rank(1, "127.0.0.2", worker_port)
+
+    def termination_log(self, rank: int) -> Path:
+        return self.logs / f"rank{rank}-termination"
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.2:{self.worker.port}"
+
+    def start(self) -> GroupProcesses:
+        """Start rank 1 without waiting (it is healthy only once rank 0 took it in),
+        then rank 0, waiting until the whole group serves."""
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(INFERENCE_DIR), str(CONTRACTS_DIR), env.get("PYTHONPATH", "")) if p
+        )
+        env.update(self.worker.env)
+        assert self.worker.log_path is not None
+        with self.worker.log_path.open("wb") as out:
+            self.worker.proc = subprocess.Popen(
+                self.worker.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=INFERENCE_DIR, start_new_session=True,
+            )  # fmt: skip
+        try:
+            self.head.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_worker(self) -> None:
+        """Rank 1's pod is lost: SIGKILL to all of its processes."""
+        assert self.worker.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.worker.proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self.head.stop()
+        self.worker.stop()
+        self.kill_worker()  # vLLM's worker processes, should any outlive rank 1

@@ -58,3 +58,16 @@ def test_a_pipeline_size_from_the_config_file_is_dropped_too(tmp_path: Path) -> 
 def test_an_unknown_emulation_is_refused_with_the_variable_named() -> None:
     with pytest.raises(ConfigError, match=r"KAITO_EMULATED_GPU='tpu'.*only emulated GPU is 'cpu'"):
         adapt_for_emulated_gpu(parse_settings(["--model", "/m"]), {EMULATED_GPU_ENV: "tpu"})
+
+
+def test_in_a_multinode_group_the_pipeline_is_kept_one_stage_per_node(tmp_path: Path) -> None:
+    settings = parse_settings(
+        [
+            "--model", _model(tmp_path), "--tensor-parallel-size", "4",
+            "--pipeline-parallel-size", "2", "--group-hosts", "ws-0.h,ws-1.h",
+        ]
+    )  # fmt: skip
+    adapted, changes = adapt_for_emulated_gpu(settings, EMULATED)
+    assert adapted.tensor_parallel_size == 1
+    assert adapted.engine_extra == {"pipeline_parallel_size": 2}
+    assert changes == ["--tensor-parallel-size 4 -> 1 (one CPU process)"]

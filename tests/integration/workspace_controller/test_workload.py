@@ -370,3 +370,68 @@ async def test_deleting_a_workspace_removes_its_workload(wsrig: WsRig, client: C
     assert await wsrig.machines() == []
     # The garbage collector removes the Deployment, ReplicaSet, Service, ConfigMap and pod.
     assert await workload_left(client, wsrig.namespace) == {}
+
+
+def restarted_after(container: str, message: str) -> Obj:
+    """Running again, not ready, after exiting 1 with ``message`` as termination message."""
+    status = running_ready(container)
+    status["conditions"] = [c for c in status["conditions"] if c["type"] == "PodScheduled"]
+    cs = status["containerStatuses"][0]
+    cs.update(ready=False, restartCount=1)
+    cs["lastState"] = {
+        "terminated": {
+            "exitCode": 1,
+            "reason": "Error",
+            "message": message,
+            "startedAt": now_rfc3339(),
+            "finishedAt": now_rfc3339(),
+        }
+    }
+    return status
+
+
+async def test_a_model_split_across_two_nodes_is_one_statefulset_group_with_its_status(
+    wsrig: WsRig, client: Client
+) -> None:
+    """A distributed preset on two nodes: one StatefulSet whose pods form one group
+    (pod 0 first); InferenceReady says the split, a rank lost by pod 0 becomes the
+    reason while it restarts, and both pods Ready make it True. (The test writes the
+    pod status kubelet would write.)"""
+    wsrig.start()
+    name = "llama-split"
+    body = wsrig.body(
+        name, count=2, instance_type="Standard_NC48ads_A100_v4", preset="llama-3.3-70b-instruct"
+    )
+    body["inference"]["preset"]["presetOptions"] = {"modelAccessSecret": "hf-token"}
+    await client.create(WORKSPACES_V1ALPHA1, body)
+    await wsrig.wait_resource_ready(name, timeout=60)
+    pods = await poll_until(
+        lambda: workload_pods(client, wsrig, name),
+        lambda ps: len(ps) == 2 and all(p["spec"].get("nodeName") for p in ps),
+        timeout=30,
+        what="two scheduled pods",
+    )
+    pods.sort(key=lambda p: p["metadata"]["name"])
+    assert [p["metadata"]["name"] for p in pods] == [f"{name}-0", f"{name}-1"]
+    assert pods[0]["spec"]["nodeName"] != pods[1]["spec"]["nodeName"]
+    command = pods[0]["spec"]["containers"][0]["command"]
+    ns = wsrig.namespace
+    assert command[command.index("--group-hosts") + 1] == (
+        f"{name}-0.{name}-headless.{ns}.svc,{name}-1.{name}-headless.{ns}.svc"
+    )
+    container = pods[0]["spec"]["containers"][0]["name"]
+    lost = f"GroupRankLost: rank 1 ({name}-1.{name}-headless.{ns}.svc:5000) lost"
+    await play_kubelet(client, pods[1], running_ready(container))
+    await play_kubelet(client, pods[0], restarted_after(container, lost))
+    ws = await wsrig.wait(
+        name, lambda w: (condition(w, "InferenceReady") or {}).get("reason") == "GroupRankLost"
+    )
+    message = (condition(ws, "InferenceReady") or {})["message"]
+    assert message.startswith(
+        "one model across 2 nodes: tensor-parallel 2 (GPUs per node) x pipeline-parallel 2"
+    )
+    assert lost in message
+
+    await play_kubelet(client, pods[0], running_ready(container))
+    ws = await wsrig.wait(name, lambda w: is_true(w, "WorkspaceReady"))
+    assert "pipeline-parallel 2 (nodes)" in (condition(ws, "InferenceReady") or {})["message"]

@@ -82,10 +82,18 @@ VALID = {
         metadata__annotations={"kaito.sh/bypass-resource-checks": "True"},
         inference__preset__name="phi-3-medium-4k-instruct",
     ),
-    "two nodes add up to enough memory": workspace(
+    "two nodes add up to enough memory for a preset that spans nodes": workspace(
+        resource__count=2,
+        resource__instanceType="Standard_NC48ads_A100_v4",
+        inference__preset={
+            "name": "llama-3.3-70b-instruct",
+            "presetOptions": {"modelAccessSecret": "hf-token"},
+        },
+    ),
+    "two copies of a preset that fits one node": workspace(
         resource__count=2,
         resource__instanceType="Standard_NC24s_v3",
-        inference__preset__name="qwen2.5-coder-32b-instruct",
+        inference__preset__name="phi-3-medium-4k-instruct",
     ),
     "llama-3.3-70b on 4 A100 80GB": workspace(
         resource__instanceType="Standard_NC96ads_A100_v4",
@@ -243,9 +251,24 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "several nodes still too small",
-        workspace(resource__count=2, inference__preset__name="qwen2.5-coder-32b-instruct"),
-        "resource.instanceType: 2 x instance type Standard_NC6s_v3 have 32Gi of GPU memory in total; "
-        "preset qwen2.5-coder-32b-instruct needs 70Gi",
+        workspace(
+            resource__count=2,
+            resource__instanceType="Standard_NC64as_T4_v3",
+            inference__preset__name="llama-3.3-70b-instruct",
+        ),
+        "resource.instanceType: 2 x instance type Standard_NC64as_T4_v3 have 128Gi of GPU memory "
+        "in total; preset llama-3.3-70b-instruct needs 320Gi",
+    ),
+    (
+        "a preset that cannot span nodes must fit on one",
+        workspace(
+            resource__count=2,
+            resource__instanceType="Standard_NC24s_v3",
+            inference__preset__name="qwen2.5-coder-32b-instruct",
+        ),
+        "resource.instanceType: instance type Standard_NC24s_v3 has 64Gi of GPU memory in total; "
+        "preset qwen2.5-coder-32b-instruct needs 70Gi; preset qwen2.5-coder-32b-instruct cannot "
+        "span nodes, so resource.count 2 runs 2 copies, each on one node",
     ),
     (
         "eleven adapters",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kaito.controllers.workspace.status.readiness import (
+    group_summary,
     inference_verdict,
     job_verdicts,
     pod_problem,
@@ -195,3 +196,41 @@ def test_a_refused_adapter_pull_in_a_restart_loop_names_its_reason() -> None:
     reason, text = pod_problem(pod)  # type: ignore[misc]
     assert reason == "Unauthorized"
     assert "container adapter-0: CrashLoopBackOff: last exit code 3: Unauthorized: pulling" in text
+
+
+def test_a_group_that_lost_a_rank_names_the_reason_pod_0_gave_while_it_restarts() -> None:
+    lost = "GroupRankLost: rank 1 (ws-1.ws-headless.ns.svc) lost: no healthy answer for 5 s"
+    head = pod(
+        "ws-0",
+        containerStatuses=[
+            {
+                "name": "inference",
+                "ready": False,
+                "restartCount": 1,
+                "state": {"running": {}},
+                "lastState": {"terminated": {"exitCode": 1, "message": lost}},
+            }
+        ],
+    )
+    group = group_summary(2, 4)
+    v = inference_verdict(deployment(2, 1, 2), [head], kind="StatefulSet", group=group)
+    assert (v.status, v.reason) == ("False", "GroupRankLost")
+    assert v.message.startswith(
+        "one model across 2 nodes: tensor-parallel 4 (GPUs per node) x pipeline-parallel 2"
+    )
+    assert "pod ws-0: container inference restarted (exit code 1) after: GroupRankLost" in (
+        v.message
+    )
+    ready = inference_verdict(deployment(2, 2, 2), [head], kind="StatefulSet", group=group)
+    assert (ready.status, ready.reason) == ("True", "InferenceReady")
+    assert "pipeline-parallel 2 (nodes)" in ready.message
+
+
+def test_a_ready_container_that_once_restarted_is_no_problem() -> None:
+    cs = {
+        "name": "inference",
+        "ready": True,
+        "lastState": {"terminated": {"exitCode": 1, "message": "GroupHeadLost: rank 0 lost"}},
+    }
+    v = inference_verdict(deployment(2, 1, 2), [pod(containerStatuses=[cs])], kind="StatefulSet")
+    assert v.reason == "InferenceStarting"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from kaito.api.workspace import ANNOTATION_REVISION, Workspace
 from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import resolve_plan
 from kaito.controllers.workspace.tuning.job import tuning_job
-from kaito.controllers.workspace.workload.inference import inference_objects
+from kaito.controllers.workspace.workload.inference import inference_objects, multi_node_refusal
 from kaito.presets.catalog import load_catalog
 from kaito.runtime.resource import (
     CONFIGMAPS,
@@ -247,6 +248,87 @@ def test_a_distributed_preset_on_several_nodes_is_a_statefulset_with_a_headless_
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
 
 
+def test_a_statefulsets_pods_form_one_group_pod_0_first_each_rank_from_its_name() -> None:
+    ws = workspace(
+        {
+            "metadata": {"name": "llama-70b", "annotations": {}},
+            "resource": {
+                "instanceType": "Standard_NC48ads_A100_v4",
+                "count": 2,
+                "labelSelector": {"matchLabels": {"apps": "llama"}},
+            },
+            "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        },
+        namespace="models",
+    )
+    sts = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    # TP = the GPUs of one node (the SKU's 2), PP = the nodes.
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--pipeline-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--group-hosts") + 1] == (
+        "llama-70b-0.llama-70b-headless.models.svc,llama-70b-1.llama-70b-headless.models.svc"
+    )
+    assert cmd[cmd.index("--group-port") + 1] == "29500"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"]
+    )
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_each_pods_command_parses_with_the_server_into_its_rank_of_one_vllm_group() -> None:
+    """Contract across programs: the StatefulSet's argv, read by the server's parser with
+    each pod's name, gives vLLM's multi-node arguments for that pod's rank."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "images" / "inference"))
+    from kaito_inference.config import parse_settings
+    from kaito_inference.group import make_group
+
+    ws = workspace(
+        {
+            "metadata": {"name": "llama-70b", "annotations": {}},
+            "resource": {
+                "instanceType": "Standard_NC48ads_A100_v4",
+                "count": 3,
+                "labelSelector": {"matchLabels": {"apps": "llama"}},
+            },
+            "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        },
+        namespace="models",
+    )
+    sts = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    argv = container["command"][len(CATALOG.defaults.command) :]
+    at = argv.index("--config-file")  # the mounted ConfigMap, not here
+    settings = parse_settings(argv[:at] + argv[at + 2 :])
+    assert settings.engine_extra["pipeline_parallel_size"] == 3
+    assert settings.tensor_parallel_size == 2
+    for rank in range(3):
+        group = make_group(
+            settings.group_hosts,
+            settings.group_rank,
+            settings.group_port,
+            settings.port,
+            pod_name=f"llama-70b-{rank}",
+        )
+        assert group is not None
+        assert group.vllm_args() == {
+            "distributed_executor_backend": "mp",
+            "nnodes": 3,
+            "node_rank": rank,
+            "master_addr": "llama-70b-0.llama-70b-headless.models.svc",
+            "master_port": 29500,
+        }
+
+
+def test_a_deployment_has_no_group() -> None:
+    ws = example("kaito_workspace_phi_3.yaml")
+    deploy = by_kind(inference_objects(ws, resolve_plan(ws, CATALOG), revision=REV))["Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert "--group-hosts" not in container["command"]
+    assert "POD_NAME" not in [e["name"] for e in container.get("env", [])]
+
+
 def test_load_balancer_annotation_and_runtime_annotation() -> None:
     body = yaml.safe_load((EXAMPLES / "kaito_workspace_phi_3.yaml").read_text())
     body["metadata"]["annotations"] = {"kaito.sh/enablelb": "True", "kaito.sh/runtime": "vllm"}
@@ -473,3 +555,26 @@ def test_a_custom_template_or_an_image_with_its_weights_fetches_nothing_and_gets
     pod = by_kind(objs)["Deployment"]["spec"]["template"]["spec"]
     assert "serviceAccountName" not in pod
     assert all(v["name"] != "no-api-token" for v in pod["volumes"])
+
+
+def test_a_model_split_across_nodes_is_refused_when_the_transformers_engine_is_chosen() -> None:
+    body: Obj = {
+        "metadata": {"name": "llama-70b", "annotations": {}},
+        "resource": {
+            "instanceType": "Standard_NC48ads_A100_v4",
+            "count": 2,
+            "labelSelector": {"matchLabels": {"apps": "llama"}},
+        },
+        "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+    }
+    assert multi_node_refusal(workspace(body), resolve_plan(workspace(body), CATALOG)) is None
+    body["inference"]["adapters"] = [
+        {"source": {"name": "a", "image": "registry.example/a:1"}, "strength": "0.5"}
+    ]
+    ws = workspace(body)
+    refusal = multi_node_refusal(ws, resolve_plan(ws, CATALOG))
+    assert refusal is not None
+    assert refusal.startswith(
+        "preset llama-3.3-70b-instruct on 2 nodes needs the vLLM engine to split the model"
+    )
+    assert "an adapter has a strength other than 1" in refusal

@@ -6,7 +6,8 @@ never imports vLLM or torch.
 
 from __future__ import annotations
 
-from ..config import Settings
+from ..config import ConfigError, Settings
+from ..group import Group
 from .base import (
     Adapter,
     Delta,
@@ -31,12 +32,18 @@ __all__ = [
 ]
 
 
-def create_engine(settings: Settings) -> Engine:
-    """The engine named by `settings.engine` ("vllm" or "transformers")."""
+def create_engine(settings: Settings, group: Group | None = None) -> Engine:
+    """The engine named by `settings.engine` ("vllm" or "transformers"); only vLLM runs
+    one model across the nodes of a ``group``."""
     if settings.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(settings)
+        return VLLMEngine(settings, group)
+    if group is not None:
+        raise ConfigError(
+            f"--engine {settings.engine} runs on one node; a model split across "
+            f"{group.size} nodes (--group-hosts) needs --engine vllm"
+        )
     if settings.engine == "transformers":
         from .transformers_engine import TransformersEngine
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ import structlog
 
 from ..adapters import adapter_rank, scan
 from ..config import Settings, default_gpu_memory_utilization
+from ..group import Group
 from .base import (
     Adapter,
     Delta,
@@ -45,8 +47,10 @@ def _lora_rank_for(ranks: Sequence[int]) -> int:
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, group: Group | None = None) -> None:
         self._settings = settings
+        self._group = group
+        self._executor: Any = None
         self._llm: Any = None
         self._tokenizer: Any = None
         self._lora_ids: dict[str, int] = {}
@@ -88,6 +92,8 @@ class VLLMEngine(Engine):
             else:
                 log.warning("config key ignored", key=key, reason="not an argument of this vLLM")
         kwargs.update(s.engine_extra)
+        if self._group is not None:
+            kwargs.update(self._group.vllm_args())
         self._lora_enabled = bool(kwargs["enable_lora"])
         log.info(
             "vllm engine arguments",
@@ -121,7 +127,39 @@ class VLLMEngine(Engine):
             vocab_size=len(self._tokenizer),
         )
 
+    def run_group_worker(self, joined: threading.Event) -> None:
+        """Rank > 0 of a group: run this node's vLLM workers until they exit (blocking).
+
+        What ``vllm serve --headless`` does on a worker node: the multiprocessing
+        executor starts the node's workers, which join rank 0's torch.distributed group
+        and then execute what rank 0's scheduler sends them. ``joined`` is set once they
+        have joined.
+        """
+        from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+        assert self._group is not None
+        assert not self._group.is_head
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        started = time.monotonic()
+        config = self.engine_args().create_engine_config(headless=True)
+        executor = MultiprocExecutor(config, monitor_workers=False)
+        self._executor = executor
+        log.info(
+            "group workers joined",
+            rank=self._group.rank,
+            head=self._group.head_host,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        joined.set()
+        try:
+            executor.start_worker_monitor(inline=True)
+        finally:
+            executor.shutdown()
+
     async def stop(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown)
         if self._llm is not None:
             llm, self._llm = self._llm, None
             await asyncio.to_thread(llm.shutdown)

@@ -174,6 +174,17 @@ def check_resource(
         ]
     if preset is None or ws.bypass_resource_checks:
         return []
+    if not preset.distributed and ws.resource.count > 1:
+        # Each node runs a full copy: count adds replicas, not capacity.
+        return [
+            FieldError(
+                e.field,
+                f"{e.message.removesuffix(BYPASS_HINT)}; preset {preset.name} cannot span "
+                f"nodes, so resource.count {ws.resource.count} runs {ws.resource.count} "
+                "copies, each on one node" + BYPASS_HINT,
+            )
+            for e in check_capacity(preset, sku, 1)
+        ]
     return check_capacity(preset, sku, ws.resource.count)
 
 

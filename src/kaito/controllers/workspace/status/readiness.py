@@ -38,7 +38,7 @@ from typing import Literal
 from kaito.controllers.workspace.status.weights import fetching_message
 from kaito.runtime.meta import Obj
 
-__all__ = ["Verdict", "inference_verdict", "job_verdicts", "pod_problem"]
+__all__ = ["Verdict", "group_summary", "inference_verdict", "job_verdicts", "pod_problem"]
 
 Status = Literal["True", "False", "Unknown"]
 
@@ -158,19 +158,56 @@ def _ready_counts(workload: Obj) -> tuple[int, int, int, bool]:
     return wanted, ready, updated, observed
 
 
-def inference_verdict(workload: Obj | None, pods: Iterable[Obj], *, kind: str) -> Verdict:
+def _restarted_problem(pod: Obj) -> tuple[str, str] | None:
+    """A container that is running again after stopping with ``<Reason>: <message>`` (a
+    group rank that lost its peers): that reason, until the pod is ready again."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        message = (last.get("message") or "").strip()
+        found = _MESSAGE_REASON.match(message)
+        if cs.get("ready") or not found or not last.get("exitCode"):
+            continue
+        name = pod["metadata"]["name"]
+        return found.group(1), _short(
+            f"pod {name}: container {cs.get('name')} restarted (exit code "
+            f"{last.get('exitCode')}) after: {message}"
+        )
+    return None
+
+
+def inference_verdict(
+    workload: Obj | None, pods: Iterable[Obj], *, kind: str, group: str | None = None
+) -> Verdict:
+    """``group``: how a StatefulSet splits the model (`group_summary`), said in every
+    message about it."""
     if workload is None:
         return Verdict("False", "WorkloadNotCreated", f"the {kind} has not been created yet")
+    current_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if group is not None:
+        verdict = _inference_verdict(workload, current_pods, kind=kind)
+        return Verdict(verdict.status, verdict.reason, f"{group}; {verdict.message}")
+    return _inference_verdict(workload, current_pods, kind=kind)
+
+
+def group_summary(nodes: int, gpus_per_node: int) -> str:
+    """How one model is split across a StatefulSet's nodes, for the Workspace status."""
+    return (
+        f"one model across {nodes} nodes: tensor-parallel {gpus_per_node} (GPUs per node) x "
+        f"pipeline-parallel {nodes} (nodes); a worker pod is ready once it joined pod 0, "
+        "pod 0 once every rank joined and the model loaded"
+    )
+
+
+def _inference_verdict(workload: Obj, current_pods: list[Obj], *, kind: str) -> Verdict:
     wanted, ready, updated, observed = _ready_counts(workload)
     name = workload["metadata"]["name"]
-    current_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     if observed and ready >= wanted and updated >= wanted:
         return Verdict(
             "True", "InferenceReady", f"{kind} {name}: {ready}/{wanted} replica(s) ready"
         )
     ordered = sorted(current_pods, key=lambda p: p["metadata"]["name"])
     for pod in ordered:
-        problem = pod_problem(pod)
+        problem = pod_problem(pod) or _restarted_problem(pod)
         if problem is not None:
             return Verdict("False", problem[0], problem[1])
     downloading = _downloading(ordered)

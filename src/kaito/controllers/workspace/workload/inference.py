@@ -13,6 +13,11 @@ reconcile's `WorkspacePlan`; nothing here looks anything up.
   ClusterIP, or LoadBalancer with ``kaito.sh/enablelb: "True"``; for a StatefulSet it
   selects pod 0, the only one that serves HTTP;
 - headless Service ``<ws>-headless`` for a StatefulSet (stable pod DNS for the workers);
+- a StatefulSet's pods form one serving group (`group_args`): every pod gets
+  ``--group-hosts`` (each pod's DNS name, pod 0 first), ``--group-port 29500`` and
+  ``POD_NAME``, from which the server takes its rank; pod 0 serves the API and runs vLLM's
+  head, the others join it (``images/inference/README.md``). ``multi_node_refusal`` says
+  why a split model cannot run (only vLLM spans nodes);
 - the workload: a Deployment with ``replicas = count`` (each node serves a full copy),
   or a StatefulSet when the preset is distributed and ``count > 1`` (one model across
   the nodes). One pod per node with all of its GPUs, probes on ``/health`` (a startup
@@ -62,6 +67,7 @@ __all__ = [
     "WORKLOAD_CONTAINER",
     "InferencePlan",
     "inference_objects",
+    "multi_node_refusal",
     "plan_inference",
 ]
 
@@ -108,6 +114,23 @@ def headless_name(ws: Workspace) -> str:
     return f"{ws.metadata.name}-headless"
 
 
+POD_NAME_ENV: Obj = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+"""A group's pods find their rank in their name's StatefulSet ordinal."""
+
+
+def group_hosts(ws: Workspace) -> list[str]:
+    """The stable DNS name of each pod of a StatefulSet Workspace, pod 0 first."""
+    name, ns = ws.metadata.name, ws.metadata.namespace
+    return [f"{name}-{i}.{headless_name(ws)}.{ns}.svc" for i in range(ws.resource.count)]
+
+
+def group_args(ws: Workspace) -> list[str]:
+    """The server's flags for one model across the StatefulSet's pods: every pod's
+    address (pod 0, vLLM's head and the API, first) and pod 0's torch port; each pod
+    takes its rank from ``POD_NAME``."""
+    return ["--group-hosts", ",".join(group_hosts(ws)), "--group-port", str(TORCH_PORT)]
+
+
 def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
     """The server's plan for a preset Workspace; None for a custom template."""
     assert ws.inference is not None
@@ -131,6 +154,21 @@ def plan_inference(ws: Workspace, plan: WorkspacePlan) -> InferencePlan | None:
         pull_secrets=tuple(dict.fromkeys(s for s in secrets if s)),
         config_map=ws.inference.config or config_map_name(ws),
         generated_config=not ws.inference.config,
+    )
+
+
+def multi_node_refusal(ws: Workspace, plan: WorkspacePlan) -> str | None:
+    """Why a model split across nodes cannot run as planned, or None: only vLLM spans
+    nodes (its multi-node executor), the transformers engine runs on one."""
+    server = plan_inference(ws, plan)
+    if server is None or not server.stateful or server.runtime.runtime is Runtime.VLLM:
+        return None
+    return (
+        f"preset {server.preset.name} on {ws.resource.count} nodes needs the vLLM engine to "
+        f"split the model across them, but the transformers engine was chosen "
+        f"({server.runtime.reason}); the transformers engine runs on one node only. Remove "
+        "the kaito.sh/runtime annotation or adapter strengths other than 1, or pick an "
+        "instance type vLLM supports"
     )
 
 
@@ -260,6 +298,8 @@ def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
     ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if plan.stateful:
         ports.append({"name": "torch", "containerPort": TORCH_PORT, "protocol": "TCP"})
+        command = [*command, *group_args(ws)]
+        env = [*env, POD_NAME_ENV]
     container: Obj = {
         "name": WORKLOAD_CONTAINER,
         "image": plan.image,
@@ -368,7 +408,10 @@ def _services(ws: Workspace, plan: InferencePlan | None) -> list[Obj]:
         {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}
     ]
     if stateful:
-        ports.append({"name": "torch", "port": TORCH_PORT, "targetPort": TORCH_PORT})
+        # protocol is a key of the ports list for server-side apply: it must be given.
+        ports.append(
+            {"name": "torch", "port": TORCH_PORT, "targetPort": TORCH_PORT, "protocol": "TCP"}
+        )
     selector = podspec.selector_labels(ws)
     if stateful:
         selector = {**selector, "statefulset.kubernetes.io/pod-name": f"{ws.metadata.name}-0"}

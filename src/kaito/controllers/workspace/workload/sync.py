@@ -32,9 +32,14 @@ from kaito.api.workspace import LABEL_WORKSPACE, ConditionType, Workspace
 from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import WorkspacePlan
 from kaito.controllers.workspace.status.draft import WorkspaceStatusDraft
-from kaito.controllers.workspace.status.readiness import Verdict, inference_verdict, job_verdicts
+from kaito.controllers.workspace.status.readiness import (
+    Verdict,
+    group_summary,
+    inference_verdict,
+    job_verdicts,
+)
 from kaito.controllers.workspace.tuning.job import tuning_job
-from kaito.controllers.workspace.workload.inference import inference_objects
+from kaito.controllers.workspace.workload.inference import inference_objects, multi_node_refusal
 from kaito.runtime.cache import Cache
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
@@ -145,6 +150,12 @@ class WorkloadSync:
     ) -> None:
         workload: Obj | None = None
         kind = "Deployment"
+        refusal = multi_node_refusal(ws, plan)
+        if refusal is not None:
+            if status.set(INFERENCE_READY, "False", "MultiNodeNeedsVLLM", refusal):
+                self.recorder.event(obj, EventType.WARNING, "MultiNodeNeedsVLLM", refusal)
+            _workspace_ready(status)
+            return
         if resources_ready:
             for res, body in inference_objects(ws, plan, revision=revision):
                 live = await self._apply(ws, obj, res, body)
@@ -162,7 +173,10 @@ class WorkloadSync:
                 "False", "ResourceNotReady", "waiting for the GPU nodes (see ResourceReady)"
             )
         else:
-            verdict = inference_verdict(workload, self.pods(ws), kind=kind)
+            group = None
+            if kind == STATEFULSETS.kind:
+                group = group_summary(ws.resource.count, plan.gpus_per_node)
+            verdict = inference_verdict(workload, self.pods(ws), kind=kind, group=group)
         was_ready = status.is_true(INFERENCE_READY)
         changed = status.set(INFERENCE_READY, verdict.status, verdict.reason, verdict.message)
         if verdict.status == "True" and not was_ready:
