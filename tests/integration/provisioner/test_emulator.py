@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -123,6 +124,49 @@ async def test_a_node_turned_ready_that_a_stale_write_made_not_ready_is_ready_ag
         await api.delete("stale1")
     finally:
         await api.close()
+
+
+async def test_nodes_turn_ready_while_heartbeats_race_the_turn(
+    client: Client, arm_tls: ArmTls
+) -> None:
+    """The race itself, made likely: heartbeats back to back, so that about every other
+    turn to Ready lands between a heartbeat's read of the Node and its write. The old
+    heartbeat wrote the NotReady conditions it had read back over the turn and the Node
+    stayed NotReady for good (its Machine waited on ``NodeNotReady``); now the write is
+    preconditioned on what it read (a `Conflict`, skipped) and a Node turned Ready that
+    is found NotReady is posted Ready again. One pool at a time, so each turn races one
+    heartbeat loop over one Node."""
+    cfg = EmulatorConfig(
+        cluster_name=f"aks{uuid.uuid4().hex[:8]}",
+        create_latency=0.05,
+        delete_latency=0.05,
+        node_ready_delay=0.3,
+        heartbeat_interval=0.001,
+    )
+    stuck: dict[str, Any] = {}
+    async with AKSEmulator(client, cfg, tls=arm_tls.server_context) as emu:
+        api = make_api(emu, arm_tls)
+        try:
+            for i in range(8):
+                await api.create(
+                    AgentPoolSpec(name=f"race{i}", vm_size="Standard_NC6s_v3", os_disk_size_gb=128)
+                )
+                [node] = await emulator_nodes(client, emu)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        while not ready_and_untainted(node):
+                            await asyncio.sleep(0.1)
+                            [node] = await emulator_nodes(client, emu)
+                if not ready_and_untainted(node):
+                    stuck[node["metadata"]["name"]] = (
+                        ready(node)["status"],
+                        node["spec"].get("taints"),
+                    )
+                await api.delete(f"race{i}")
+        finally:
+            await api.close()
+        assert await emulator_nodes(client, emu) == []
+    assert not stuck, f"Nodes that never turned Ready (Ready, taints): {stuck}"
 
 
 @pytest.fixture
