@@ -187,6 +187,7 @@ class AKSEmulator:
         task = asyncio.create_task(coro, name=f"aks-emulator {name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     # -- test helpers ----------------------------------------------------------------------
@@ -238,3 +239,16 @@ class AKSEmulator:
                 "time": datetime.now(UTC).isoformat(),
             }
         )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task that died of an exception says so (nobody awaits it)."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    log.error(
+        "background task failed",
+        task=task.get_name(),
+        error=str(error) or type(error).__name__,
+        exc_info=error,
+    )

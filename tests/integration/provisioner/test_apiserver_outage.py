@@ -22,13 +22,14 @@ from dataclasses import replace
 
 import pytest
 
+from kaito.provisioner.azure import AgentPoolSpec
 from kaito.runtime.client import Client
 from kaito.runtime.errors import NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import EVENTS, NODES
 from kaito_dev.aks import AKSEmulator, EmulatorConfig, Op
 
-from .conftest import ArmTls, Rig, condition, emulator_nodes
+from .conftest import ArmTls, Rig, condition, emulator_nodes, make_api
 
 
 class ApiserverLink:
@@ -179,3 +180,50 @@ async def test_a_pool_whose_delete_operation_died_is_deleted_by_the_reissued_del
     assert rig.emulator.count(Op.DELETE, pool="outage2") >= 2
     reasons = {e["reason"] for e in await events_of(client, "outage2")}
     assert "AgentPoolDeleteStalled" in reasons, reasons
+
+
+async def test_apiserver_down_when_a_node_turns_ready_it_still_turns_ready(
+    client: Client, arm_tls: ArmTls, link: ApiserverLink
+) -> None:
+    """The emulator's turn-Ready task died with the first refused connection (nobody
+    awaited it, nothing was logged): the Node stayed NotReady and tainted for good and its
+    Machine waited on ``NodeNotReady``. Now it retries until the apiserver answers."""
+    host = urllib.parse.urlsplit(client.config.server).hostname
+    through = Client(replace(client.config, server=f"https://{host}:{link.port}"))
+    cfg = EmulatorConfig(
+        cluster_name=f"aks{uuid.uuid4().hex[:8]}",
+        create_latency=0.05,
+        delete_latency=0.05,
+        node_ready_delay=0.5,
+        heartbeat_interval=0,
+        apiserver_retry_initial=0.2,
+        apiserver_retry_cap=1.0,
+    )
+    emu = AKSEmulator(through, cfg, tls=arm_tls.server_context)
+    await emu.start()
+    api = make_api(emu, arm_tls)
+    try:
+        await api.create(
+            AgentPoolSpec(name="late1", vm_size="Standard_NC6s_v3", os_disk_size_gb=128)
+        )
+        [node] = await emulator_nodes(client, emu)
+        await link.down()  # before the Node turns Ready (0.5 s after registering)
+        await asyncio.sleep(2)
+        await link.up()
+        async with asyncio.timeout(10):
+            while True:
+                node = await client.get(NODES, node["metadata"]["name"])
+                ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+                if ready[0]["status"] == "True" and not node["spec"].get("taints"):
+                    break
+                await asyncio.sleep(0.1)
+        await api.delete("late1")
+        await emu.wait_idle()
+        assert await emulator_nodes(client, emu) == []
+    finally:
+        await api.close()
+        await emu.stop()
+        await through.close()
+        for leftover in await emulator_nodes(client, emu):
+            with contextlib.suppress(NotFound):
+                await client.delete(NODES, leftover["metadata"]["name"])

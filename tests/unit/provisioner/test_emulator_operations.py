@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog.testing
+
+from kaito_dev.aks.server import AKSEmulator
 from kaito_dev.aks.state import AgentPools, EmulatorConfig
 
 
@@ -88,3 +91,20 @@ async def test_delete_is_idempotent_while_running_and_restarts_a_dead_one() -> N
     assert pool.task is not None
     await pool.task
     assert second.status == "Succeeded" and "gpu2" not in state.pools
+
+
+async def test_a_background_task_that_dies_is_logged() -> None:
+    """The turn-Ready task of chaos seed 1's cycle 8 could die without a trace: nobody
+    awaits the emulator's background tasks, so their exceptions were never seen."""
+    emulator = AKSEmulator(None)
+
+    async def dies() -> None:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 6443)")
+
+    with structlog.testing.capture_logs() as logs:
+        task = emulator._spawn(dies(), "ready aks-x-0")
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    [entry] = [e for e in logs if e["event"] == "background task failed"]
+    assert entry["task"] == "aks-emulator ready aks-x-0"
+    assert "Connect call failed" in entry["error"]
