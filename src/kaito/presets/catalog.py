@@ -269,8 +269,12 @@ class Catalog:
 
     def plain_http_args(self, image: str) -> list[str]:
         """``["--plain-http"]`` when ``image``'s registry is one of
-        `plain_http_registries`, else ``[]`` (our pullers and pushers take that flag)."""
-        return ["--plain-http"] if ImageRef.parse(image).host in self.plain_http_registries else []
+        `plain_http_registries`, else ``[]`` (our pullers and pushers take that flag; a
+        malformed reference gets ``[]`` and their own clear refusal)."""
+        if not self.plain_http_registries:
+            return []
+        host = image.strip().partition("/")[0]  # a reference without a host names none of them
+        return ["--plain-http"] if host in self.plain_http_registries else []
 
     def get(self, name: str) -> Preset | None:
         """The preset called ``name`` (any case), or None."""
