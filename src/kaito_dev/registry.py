@@ -64,7 +64,9 @@ def docker_config_json(registry: str, username: str, password: str) -> str:
 
 
 class LocalRegistry:
-    """One ``docker-registry`` process serving ``root`` on 127.0.0.1 (a free port by default).
+    """One ``docker-registry`` process serving ``root`` on ``host`` (127.0.0.1 unless
+    given; a free port by default). Two of them may share one ``storage`` (another
+    listener on the same images, e.g. an authenticated one on an address pods reach).
 
     ``users`` (name -> password) turns on basic auth. `start` waits until ``/v2/``
     answers; `stop` terminates the process (the stored images stay in ``root``, so a
@@ -76,6 +78,7 @@ class LocalRegistry:
         root: Path,
         *,
         port: int = 0,
+        host: str = "127.0.0.1",
         users: Mapping[str, str] | None = None,
         binary: Path | None = None,
         storage: Path | None = None,
@@ -83,6 +86,7 @@ class LocalRegistry:
         self.root = root
         self.storage = storage or root / "storage"
         """The blobs and manifests; another folder (a cache) keeps them across registries."""
+        self.host = host
         self.port = port or free_port()
         self.users = dict(users or {})
         self.binary = binary
@@ -90,8 +94,8 @@ class LocalRegistry:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``: the registry part of image references pushed here."""
-        return f"127.0.0.1:{self.port}"
+        """``HOST:PORT``: the registry part of image references pushed here."""
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:

@@ -11,7 +11,10 @@ Nodes (``nodes=``):
   blobs live in the cache, so only the first ``up`` on a machine pays). The controllers
   name that registry (``--image-registry``) and the hub (``--hf-endpoint``), which
   listens on the host's address: pods live in their own network namespaces, where
-  127.0.0.1 is the pod itself. The host sysctls and ``KUBE-*`` chains the kubelets and
+  127.0.0.1 is the pod itself. So does a second, authenticated listener on the
+  registry's storage (`Stack.start_pod_registry`), where tuning Jobs push adapter
+  images and adapter init containers pull them (over plain http: the controller's
+  ``--plain-http-registry``). The host sysctls and ``KUBE-*`` chains the kubelets and
   kube-proxy change are recorded first (`HostState`) and restored at ``down``.
 - ``agent``: the FALLBACK for machines that cannot run real nodes (no root, no
   containerd): Node objects only, and the node agent (`kaito_dev.nodeagent`) plays the
@@ -168,14 +171,16 @@ class Stack:
         port: int = 0,
         extra: tuple[str, ...] = (),
         registry: str | None = None,
+        mirror_for: Sequence[str] = (),
     ) -> dict[str, str]:
         """The emulated AKS agent-pool API; returns the provisioner's environment. A fixed
         ``port`` lets a restarted emulator answer on the same URL; ``extra`` arguments
         (e.g. ``--delete-latency``) follow the defaults. With ``registry`` its VMs are real
-        nodes pulling from it (`node_dir`)."""
+        nodes pulling from it (`node_dir`), also for images named ``mirror_for`` hosts."""
         emu_dir = self.dir / "aks-emulator"
         env_file = emu_dir / "provisioner.env"
         real = ["--nodes", "real", "--node-dir", str(self.node_dir), f"--registry={registry}"]
+        real += [f"--mirror-for={host}" for host in mirror_for]
         self.say(
             f"starting the AKS emulator (agent pools take {create_latency:g}s to create"
             + ("; each VM boots a REAL node: containerd + kubelet + GPU device plugin)"
@@ -252,6 +257,41 @@ class Stack:
         self.ports["registry"] = registry.port
         self.say(f"local OCI registry (docker-registry) at {registry.address}")
         return registry.address
+
+    def start_pod_registry(self, storage: Path) -> str:
+        """A second, AUTHENTICATED listener on the registry's ``storage``, on the host's
+        address pods reach (their 127.0.0.1 is their own): where tuning Jobs push adapter
+        images and adapter init containers pull them, with the ``kubernetes.io/
+        dockerconfigjson`` written to `pod_registry_config` (user ``kaito``, a password
+        made for this stack). Returns its address, ``HOST-IP:PORT``: the one reference
+        that works for our pushers and pullers (plain http: the workspace controller's
+        ``--plain-http-registry``) and for the kubelet (the nodes' containerd reach it
+        through the anonymous loopback listener, ``--mirror-for``)."""
+        import secrets
+
+        registry = LocalRegistry(
+            self.dir / "registry-pods",
+            host=pod_reachable_address(),
+            storage=storage,
+            users={"kaito": secrets.token_urlsafe(18)},
+        ).start()
+        assert registry.process is not None
+        self.state.pids["registry-pods"] = registry.process.pid
+        self.state.save()
+        self.ports["registry-pods"] = registry.port
+        config = self.pod_registry_config
+        config.write_text(registry.docker_config_json())
+        config.chmod(0o600)
+        self.say(
+            f"the registry for pods at {registry.address} (basic auth; dockerconfigjson "
+            f"for push/pull Secrets: {config})"
+        )
+        return registry.address
+
+    @property
+    def pod_registry_config(self) -> Path:
+        """The pod registry's ``.dockerconfigjson`` (`start_pod_registry`)."""
+        return self.dir / "registry-pods" / "dockerconfig.json"
 
     async def stand_in_model(self) -> Path:
         """The node agent's tiny stand-in model, built once per machine (cached)."""
@@ -452,6 +492,7 @@ async def start_stack(
         }
     stack = Stack(state, say=say)
     images: dict[str, str] = {}
+    pod_registry = ""
     if nodes == "agent":
         registry = stack.start_registry()
         arm_env = stack.start_aks_emulator(create_latency=0.5)
@@ -462,20 +503,29 @@ async def start_stack(
     else:
         stack.prepare_real_nodes()
         registry = stack.start_registry(storage=cache_dir() / "registry")
+        pod_registry = stack.start_pod_registry(storage=cache_dir() / "registry")
         images = await asyncio.to_thread(stack.build_images, registry)
         model = await stack.stand_in_model()
         hub = stack.start_hf_hub(model, host=pod_reachable_address())
         stack.start_kube_proxy()
-        arm_env = stack.start_aks_emulator(create_latency=0.5, registry=registry)
+        arm_env = stack.start_aks_emulator(
+            create_latency=0.5, registry=registry, mirror_for=[pod_registry]
+        )
         stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
         stack.start_workspace_controller(
             kubeconfigs["workspace-controller"],
-            [f"--image-registry={registry}", f"--hf-endpoint={hub}"],
+            [
+                f"--image-registry={registry}",
+                f"--hf-endpoint={hub}",
+                f"--plain-http-registry={pod_registry}",
+            ],
         )
     info = {
         "nodes": nodes,
         "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
         "registry": registry,
+        "pod_registry": pod_registry,
+        "pod_registry_config": str(stack.pod_registry_config) if pod_registry else "",
         "images": images,
         "hf_endpoint": hub,
         "node_dir": str(stack.node_dir),

@@ -1,15 +1,22 @@
 """The whole path, as a user runs it, on the local stack (`kaito dev up`) with REAL nodes:
 
-1. a tuning Workspace of phi-3 whose input and output are volumes: the workspace
+1. the seeds' second quick start: a tuning Workspace of phi-3 whose input is a volume
+   and whose output is an adapter IMAGE in the stack's registry for pods (its
+   authenticated listener on the host's address, `Stack.start_pod_registry`; a
+   ``kubernetes.io/dockerconfigjson`` Secret from the stack's credentials): the workspace
    controller provisions a GPU node (Machine -> gpu-provisioner -> emulated AKS pool,
    whose VM boots as a real node: containerd + kubelet 1.20 + the emulated-GPU device
    plugin), creates the Job, the real scheduler binds its pod to the node, the kubelet
    pulls our images from the stack's registry and runs its ``fetch-weights`` init
    container (the real fetcher, against the stack's hub emulator, which serves the tiny
    stand-in model under phi-3's repo at the preset's pinned revision) and then our
-   tuning image on those weights, which writes a LoRA adapter into the output volume;
-   the Workspace reports JobStarted and WorkspaceReady;
-2. an inference Workspace that serves that adapter from a volume, on a node of its own:
+   tuning image on those weights, which writes a LoRA adapter; the ``pusher`` sidecar
+   pushes it as an adapter image (plain http, which only the controller's
+   ``--plain-http-registry`` allows); the Workspace reports JobStarted and
+   WorkspaceReady, and the registry holds the image;
+2. an inference Workspace with ``adapters: [{source: {image: ...}}]`` and the pull
+   Secret, on a node of its own: its ``adapter-0`` init container pulls the image into
+   the adapters folder (the test prints the measured tuning, push and pull times);
    its pod fetches the weights onto that node's disk (the hub's log shows every file
    sent once per node, each node's cache has the fetcher's ``.kaito-complete``); the
    server lists the adapter as a model and answers with it (differently from the base
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -52,6 +58,7 @@ from kaito.runtime.resource import (
     JOBS,
     NODES,
     PODS,
+    SECRETS,
     SERVICES,
 )
 from kaito_dev.controlplane import ControlPlaneState
@@ -215,12 +222,43 @@ async def assert_fetched_once_per_node(
     assert sent == dict.fromkeys(files, len(nodes)), sent
 
 
+def seconds(start: str, end: str) -> float:
+    """Seconds between two of the kubelet's RFC 3339 timestamps (1 s resolution)."""
+    from datetime import datetime
+
+    return (
+        datetime.fromisoformat(end.rstrip("Z")) - datetime.fromisoformat(start.rstrip("Z"))
+    ).total_seconds()
+
+
+def terminated(pod: Obj, name: str) -> Obj:
+    """The terminated state of ``pod``'s (init) container ``name``."""
+    statuses = [
+        *(pod["status"].get("initContainerStatuses") or ()),
+        *(pod["status"].get("containerStatuses") or ()),
+    ]
+    (status,) = [c for c in statuses if c["name"] == name]
+    state: Obj = status["state"].get("terminated") or status.get("lastState", {}).get("terminated")
+    assert state, f"{name} has not terminated: {status}"
+    return state
+
+
+def manifest_in_registry(registry: str, repository: str, tag: str) -> Obj:
+    """The image's manifest, read over the stack's anonymous loopback listener."""
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
 @pytest.mark.timeout(1500)  # the first run on a machine builds the images (~5 min)
 async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behind(
     stack: tuple[ControlPlaneState, Client], tmp_path: Path
 ) -> None:
     state, client = stack
-    data, output = tmp_path / "data", tmp_path / "adapter"
+    data = tmp_path / "data"
     data.mkdir()
     lines = [
         {
@@ -240,7 +278,22 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
         },
     )
 
-    # 1. Tuning: volume in, volume out.
+    info = json.loads((Path(state.data_dir) / "stack.json").read_text())
+    pod_registry = info["pod_registry"]
+    assert not pod_registry.startswith("127."), "pods cannot reach a loopback registry"
+    config = await asyncio.to_thread(Path(info["pod_registry_config"]).read_text)
+    for secret in ("registry-push", "registry-pull"):
+        await client.create(
+            SECRETS,
+            {
+                "metadata": {"name": secret, "namespace": NS},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config},
+            },
+        )
+    image = f"{pod_registry}/adapters/tune-tiny:0.0.1"
+
+    # 1. Tuning: volume in, adapter image out (the seeds' second quick start).
     tuning = workspace(
         "tune-tiny",
         tuning={
@@ -248,7 +301,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
             "method": "lora",
             "config": "tuning-config",
             "input": {"volumeSource": {"hostPath": {"path": str(data)}}},
-            "output": {"volumeSource": {"hostPath": {"path": str(output)}}},
+            "output": {"image": image, "imagePushSecret": "registry-push"},
         },
     )
     await client.create(WORKSPACES_V1ALPHA1, tuning)
@@ -257,10 +310,21 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert conditions(ws)["WorkspaceReady"]["reason"] == "TuningSucceeded"
     job = await client.get(JOBS, "tune-tiny", NS)
     assert job["status"]["succeeded"] == 1
-    assert (output / "adapter_config.json").exists(), sorted(os.listdir(output))
-    assert (output / "kaito_tuning_complete.json").exists()
+    (tuning_pod,) = [
+        p
+        for p in (await client.list(PODS, NS, label_selector="job-name=tune-tiny"))["items"]
+        if p["status"].get("phase") == "Succeeded"
+    ]
+    tuned_run, pushed = terminated(tuning_pod, "tuning"), terminated(tuning_pod, "pusher")
+    assert pushed["exitCode"] == 0, pushed
+    manifest = manifest_in_registry(info["registry"], "adapters/tune-tiny", "0.0.1")
+    assert manifest["config"]["mediaType"].startswith("application/vnd.oci.image.config")
+    timings = {
+        "tuning_container_s": seconds(tuned_run["startedAt"], tuned_run["finishedAt"]),
+        "push_after_tuning_s": seconds(tuned_run["finishedAt"], pushed["finishedAt"]),
+    }
 
-    # 2. Inference with the tuned adapter, from the same volume.
+    # 2. Inference with the tuned adapter, pulled from the registry by an init container.
     serving = workspace(
         "serve-tiny",
         inference={
@@ -269,7 +333,8 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
                 {
                     "source": {
                         "name": ADAPTER,
-                        "volumeSource": {"hostPath": {"path": str(output)}},
+                        "image": image,
+                        "imagePullSecrets": ["registry-pull"],
                     },
                     "strength": "1.0",
                 }
@@ -281,6 +346,10 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert conditions(ws)["InferenceReady"]["status"] == "True"
     pods = await client.list(PODS, NS, label_selector="kaito.sh/workspace=serve-tiny")
     (pod,) = pods["items"]
+    pulled = terminated(pod, "adapter-0")
+    assert pulled["exitCode"] == 0, pulled
+    timings["adapter_pull_s"] = seconds(pulled["startedAt"], pulled["finishedAt"])
+    print(f"tuning -> adapter image -> serving timings: {json.dumps(timings)}")
     base = f"http://{pod['status']['podIP']}:5000"
     async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
         models = [m["id"] for m in (await resp.json())["data"]]

@@ -62,6 +62,7 @@ __all__ = [
     "RuntimeChoice",
     "check_hf_endpoint",
     "check_image_registry",
+    "check_plain_http_registry",
     "fetch_command",
     "image_fetch_command",
     "image_model_path",
@@ -201,6 +202,18 @@ def check_image_registry(registry: str) -> str:
     return value
 
 
+def check_plain_http_registry(host: str) -> str:
+    """``host`` (a registry ``host[:port]``, as image references write it); ValueError
+    naming what is wrong with it: no scheme, no path, no spaces."""
+    value = host.strip()
+    if not value or "://" in value or "/" in value or any(c.isspace() for c in value):
+        raise ValueError(
+            f"plain-http registry {host!r}: give a registry host[:port] "
+            "(e.g. 10.0.0.4:5000), no scheme or path"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Images:
     """The project's own images every preset runs, resolved for one registry."""
@@ -225,6 +238,10 @@ class Catalog:
     hf_endpoint: str = ""
     """The Hugging Face hub the weights fetchers download from (their ``HF_ENDPOINT``);
     empty: huggingface_hub's default, the public hub."""
+    plain_http_registries: frozenset[str] = frozenset()
+    """Registry hosts (``host[:port]``) the adapter pusher, the adapter puller and the
+    model-image fetcher reach over plain http, like a container runtime's insecure
+    registries; every other host is https (loopback excepted: `kaito_contracts.oci`)."""
 
     @property
     def images(self) -> Images:
@@ -243,6 +260,21 @@ class Catalog:
         """This catalog with its weights fetched from the hub at ``endpoint`` (checked,
         `check_hf_endpoint`); "" keeps the public hub."""
         return dataclasses.replace(self, hf_endpoint=check_hf_endpoint(endpoint))
+
+    def with_plain_http_registries(self, hosts: Sequence[str]) -> Catalog:
+        """This catalog reaching ``hosts`` over plain http (each checked,
+        `check_plain_http_registry`)."""
+        checked = frozenset(check_plain_http_registry(h) for h in hosts)
+        return dataclasses.replace(self, plain_http_registries=checked)
+
+    def plain_http_args(self, image: str) -> list[str]:
+        """``["--plain-http"]`` when ``image``'s registry is one of
+        `plain_http_registries`, else ``[]`` (our pullers and pushers take that flag; a
+        malformed reference gets ``[]`` and their own clear refusal)."""
+        if not self.plain_http_registries:
+            return []
+        host = image.strip().partition("/")[0]  # a reference without a host names none of them
+        return ["--plain-http"] if host in self.plain_http_registries else []
 
     def get(self, name: str) -> Preset | None:
         """The preset called ``name`` (any case), or None."""

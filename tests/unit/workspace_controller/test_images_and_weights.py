@@ -280,3 +280,69 @@ def test_the_hub_endpoint_flag_defaults_to_the_environment_and_refuses_a_non_url
     with pytest.raises(SystemExit):
         parse("--hf-endpoint", "hub.example.com")
     assert "argument --hf-endpoint: hub endpoint 'hub.example.com'" in capsys.readouterr().err
+
+
+def test_only_the_named_plain_http_registries_get_plain_http_pushes_and_pulls() -> None:
+    catalog = CATALOG.with_plain_http_registries(["10.0.0.4:5000"])
+    body: Obj = {
+        "metadata": {"name": "ws", "namespace": "team", "uid": "u-1"},
+        "resource": {
+            "instanceType": "Standard_NC24ads_A100_v4",
+            "labelSelector": {"matchLabels": {"apps": "x"}},
+        },
+        "inference": {
+            "preset": {"name": "phi-3-mini-4k-instruct"},
+            "adapters": [
+                {"source": {"name": "a", "image": "10.0.0.4:5000/adapters/a:1"}},
+                {"source": {"name": "b", "image": "10.0.0.4:5001/adapters/b:1"}},
+                {"source": {"name": "c", "image": "myacr.azurecr.io/adapters/c:1"}},
+            ],
+        },
+    }
+    ws = Workspace.model_validate(body)
+    objs = inference_objects(ws, resolve_plan(ws, catalog), revision=REV)
+    inits = {
+        c["name"]: c["command"]
+        for c in pod_spec_of(next(b for _, b in objs if b["kind"] == "Deployment"))[
+            "initContainers"
+        ]
+    }
+    assert "--plain-http" in inits["adapter-0"]
+    assert "--plain-http" not in inits["adapter-1"], "another port is another registry"
+    assert "--plain-http" not in inits["adapter-2"]
+
+    ws = workspace("tuning", {"name": "phi-3-mini-4k-instruct"})
+    ws.tuning.output.image = "10.0.0.4:5000/adapters/out:1"  # type: ignore[union-attr]
+    job = tuning_job(ws, resolve_plan(ws, catalog), revision=REV)[1]
+    (pusher,) = [c for c in pod_spec_of(job)["containers"] if c["name"] == "pusher"]
+    assert pusher["command"][-1] == "--plain-http"
+    # Without the setting nothing is downgraded.
+    job = tuning_job(ws, resolve_plan(ws, CATALOG), revision=REV)[1]
+    (pusher,) = [c for c in pod_spec_of(job)["containers"] if c["name"] == "pusher"]
+    assert "--plain-http" not in pusher["command"]
+
+    model = workspace(
+        "inference",
+        {"name": "phi-3-mini-4k-instruct", "presetOptions": {"modelImage": "10.0.0.4:5000/m:1"}},
+    )
+    objs = inference_objects(model, resolve_plan(model, catalog), revision=REV)
+    (fetch,) = pod_spec_of(next(b for _, b in objs if b["kind"] == "Deployment"))["initContainers"]
+    assert "--plain-http" in fetch["command"] + fetch.get("args", [])
+
+
+def test_the_plain_http_flag_repeats_falls_back_to_the_environment_and_refuses_a_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaito.controllers.workspace.cli import plain_http_registries
+
+    monkeypatch.delenv("KAITO_PLAIN_HTTP_REGISTRIES", raising=False)
+    assert plain_http_registries(parse()) == []
+    monkeypatch.setenv("KAITO_PLAIN_HTTP_REGISTRIES", "10.0.0.4:5000, reg.local")
+    assert plain_http_registries(parse()) == ["10.0.0.4:5000", "reg.local"]
+    args = parse("--plain-http-registry", "a:1", "--plain-http-registry", "b:2")
+    assert plain_http_registries(args) == ["a:1", "b:2"]
+    with pytest.raises(SystemExit):
+        parse("--plain-http-registry", "http://a:1")
+    assert "argument --plain-http-registry: plain-http registry 'http://a:1'" in (
+        capsys.readouterr().err
+    )

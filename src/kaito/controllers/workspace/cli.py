@@ -8,7 +8,11 @@ replica, while the reconciler runs only on the leader when ``--leader-elect`` is
 is where every workload's images come from: ``<registry>/kaito-python/inference:<version>``
 and ``<registry>/kaito-python/tuning:<version>``. ``--hf-endpoint`` (env
 ``KAITO_HF_ENDPOINT``) is the Hugging Face hub the weights fetchers download from (a
-mirror; default the public hub). SIGTERM/SIGINT stop it gracefully; a
+mirror; default the public hub). ``--plain-http-registry HOST[:PORT]`` (repeatable; env
+``KAITO_PLAIN_HTTP_REGISTRIES``, comma-separated) names the registries the adapter
+pusher, the adapter puller and the model-image fetcher reach over plain http instead of
+https, as a container runtime's insecure registries: no other host is ever downgraded
+(loopback aside). SIGTERM/SIGINT stop it gracefully; a
 lost Lease exits 1 so that Kubernetes restarts the pod as a follower.
 """
 
@@ -27,6 +31,7 @@ from kaito.presets.catalog import (
     DEFAULT_IMAGE_REGISTRY,
     check_hf_endpoint,
     check_image_registry,
+    check_plain_http_registry,
     load_catalog,
 )
 from kaito.runtime.entrypoint import (
@@ -36,10 +41,11 @@ from kaito.runtime.entrypoint import (
     user_agent,
 )
 
-__all__ = ["HF_ENDPOINT_ENV", "IMAGE_REGISTRY_ENV", "add_commands"]
+__all__ = ["HF_ENDPOINT_ENV", "IMAGE_REGISTRY_ENV", "PLAIN_HTTP_REGISTRIES_ENV", "add_commands"]
 
 IMAGE_REGISTRY_ENV = "KAITO_IMAGE_REGISTRY"
 HF_ENDPOINT_ENV = "KAITO_HF_ENDPOINT"
+PLAIN_HTTP_REGISTRIES_ENV = "KAITO_PLAIN_HTTP_REGISTRIES"
 
 log = structlog.get_logger("kaito.controllers.workspace.cli")
 
@@ -75,6 +81,17 @@ def add_commands(sub: Any) -> None:
         help="the Hugging Face hub the weights fetchers download from, an http(s) URL "
         f"(their HF_ENDPOINT; env {HF_ENDPOINT_ENV}; default: the public hub)",
     )
+    p.add_argument(
+        "--plain-http-registry",
+        dest="plain_http_registries",
+        type=_plain_http_registry,
+        action="append",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="a registry the adapter pusher/puller and model-image fetcher reach over "
+        f"plain http, not https (repeatable; env {PLAIN_HTTP_REGISTRIES_ENV}, "
+        "comma-separated; default none)",
+    )
     webhook_cli.add_arguments(p)
     p.set_defaults(func=cmd_workspace_controller)
 
@@ -93,6 +110,21 @@ def _hf_endpoint(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _plain_http_registry(value: str) -> str:
+    try:
+        return check_plain_http_registry(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def plain_http_registries(args: argparse.Namespace) -> list[str]:
+    """The flag's registries, else the environment's (checked like the flag's)."""
+    if args.plain_http_registries is not None:
+        return list(args.plain_http_registries)
+    env = os.environ.get(PLAIN_HTTP_REGISTRIES_ENV, "")
+    return [check_plain_http_registry(h) for h in env.split(",") if h.strip()]
+
+
 def cmd_workspace_controller(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
@@ -102,7 +134,10 @@ async def _run(args: argparse.Namespace) -> int:
     from kaito.runtime.client import Client, ClientConfig
 
     catalog = (
-        load_catalog().with_image_registry(args.image_registry).with_hf_endpoint(args.hf_endpoint)
+        load_catalog()
+        .with_image_registry(args.image_registry)
+        .with_hf_endpoint(args.hf_endpoint)
+        .with_plain_http_registries(plain_http_registries(args))
     )
     options = manager_options(
         args, component="workspace-controller", leader_election_id="workspace-controller"
@@ -126,6 +161,7 @@ async def _run(args: argparse.Namespace) -> int:
             inference_image=catalog.images.inference,
             tuning_image=catalog.images.tuning,
             hf_endpoint=catalog.hf_endpoint or "(public hub)",
+            plain_http_registries=sorted(catalog.plain_http_registries),
             webhook=not args.no_webhook,
         )
         hook = None if args.no_webhook else webhook_cli.options_from_args(args)

@@ -121,15 +121,18 @@ def _gpus_per_node(ws: Workspace, preset: Preset | None, sku: GpuSku | None) -> 
     return 1
 
 
-def _weights(spec: PresetSpec, preset: Preset, defaults: Defaults, endpoint: str) -> Weights:
-    options = spec.options
+def _weights(spec: PresetSpec, preset: Preset, catalog: Catalog) -> Weights:
+    options, defaults, endpoint = spec.options, catalog.defaults, catalog.hf_endpoint
     if spec.access_mode == "private" and options.image:
         return Weights(model=defaults.weights_dir)  # the user's image holds them
     if options.model_image:
         model = image_model_path(options.model_image, defaults)
         return Weights(
             model=model,
-            fetch=tuple(image_fetch_command(options.model_image, defaults)),
+            fetch=(
+                *image_fetch_command(options.model_image, defaults),
+                *catalog.plain_http_args(options.model_image),
+            ),
             cache_dir=defaults.model_cache_dir,
             image=options.model_image,
             pull_secrets=tuple(dict.fromkeys(s for s in options.model_image_pull_secrets if s)),
@@ -171,8 +174,6 @@ def resolve_plan(ws: Workspace, catalog: Catalog) -> WorkspacePlan:
         disk=preset.disk if preset is not None else DEFAULT_DISK,
         gpus_per_node=_gpus_per_node(ws, preset, sku),
         weights=(
-            _weights(spec, preset, catalog.defaults, catalog.hf_endpoint)
-            if spec is not None and preset is not None
-            else None
+            _weights(spec, preset, catalog) if spec is not None and preset is not None else None
         ),
     )

@@ -104,8 +104,11 @@ def _input_parts(ws: Workspace, image: str) -> tuple[list[Obj], list[Obj], list[
     return volumes, [mount], [init]
 
 
-def _output_parts(ws: Workspace, image: str, preset: str) -> tuple[list[Obj], list[Obj], list[Obj]]:
-    """(volumes, tuning-container mounts, sidecars) for the adapter."""
+def _output_parts(
+    ws: Workspace, image: str, preset: str, plain_http: list[str]
+) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """(volumes, tuning-container mounts, sidecars) for the adapter; ``plain_http``: the
+    pusher's ``--plain-http`` when the catalog says its registry is served over http."""
     assert ws.tuning is not None
     assert ws.tuning.output is not None
     dest = ws.tuning.output
@@ -148,6 +151,7 @@ def _output_parts(ws: Workspace, image: str, preset: str) -> tuple[list[Obj], li
             f"{LABEL_PRESET}={preset}",
             "--label",
             f"{LABEL_WORKSPACE}={meta.namespace}/{meta.name}",
+            *plain_http,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
@@ -202,7 +206,9 @@ def tuning_job(ws: Workspace, plan: WorkspacePlan, *, revision: str) -> tuple[Re
     weight_volumes, fetchers, weight_mounts = podspec.weights_parts(weights, plan.images.inference)
     in_volumes, in_mounts, data_inits = _input_parts(ws, image)
     inits = [*fetchers, *data_inits]
-    out_volumes, out_mounts, sidecars = _output_parts(ws, image, preset.name)
+    output = ws.tuning.output
+    plain_http = plan.catalog.plain_http_args(output.image) if output and output.image else []
+    out_volumes, out_mounts, sidecars = _output_parts(ws, image, preset.name, plain_http)
     shm, shm_mount = podspec.shm_volume()
     volumes = [shm, *weight_volumes, *in_volumes, *out_volumes]
     mounts = [shm_mount, *weight_mounts, *in_mounts, *out_mounts]

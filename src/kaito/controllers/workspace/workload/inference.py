@@ -55,7 +55,7 @@ import yaml
 from kaito.api.workspace import ANNOTATION_REVISION, Runtime, Workspace
 from kaito.controllers.workspace import podspec
 from kaito.controllers.workspace.plan import WorkspacePlan
-from kaito.presets.catalog import Preset, RuntimeChoice, inference_command
+from kaito.presets.catalog import Catalog, Preset, RuntimeChoice, inference_command
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import CONFIGMAPS, DEPLOYMENTS, SERVICES, STATEFULSETS, Resource
 
@@ -193,11 +193,13 @@ def _probes() -> Obj:
 
 
 def _adapter_parts(
-    ws: Workspace, adapters_dir: str, image: str
+    ws: Workspace, catalog: Catalog, image: str
 ) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]:
     """(volumes, main-container mounts, init containers, env) for the adapters, which
-    live under ``adapters_dir`` (the catalog's, where the server looks for them); an
-    adapter image is pulled by an init container running ``image`` (the server's)."""
+    live under the catalog's ``adapters_dir`` (where the server looks for them); an
+    adapter image is pulled by an init container running ``image`` (the server's), over
+    plain http when the catalog names its registry (`Catalog.plain_http_args`)."""
+    adapters_dir = catalog.defaults.adapters_dir
     assert ws.inference is not None
     adapters = ws.inference.adapters
     if not adapters:
@@ -225,6 +227,7 @@ def _adapter_parts(
                 source.image,
                 "--dest",
                 target,
+                *catalog.plain_http_args(source.image),
             ]
             init_mounts: list[Obj] = [{"name": "adapters", "mountPath": adapters_dir}]
             for secret in dict.fromkeys(s for s in source.image_pull_secrets if s):
@@ -276,7 +279,7 @@ def _engine_config(plan: InferencePlan) -> str:
 def _pod_spec(ws: Workspace, plan: InferencePlan) -> Obj:
     assert ws.inference is not None
     adapter_volumes, adapter_mounts, inits, env = _adapter_parts(
-        ws, plan.workspace.defaults.adapters_dir, plan.image
+        ws, plan.workspace.catalog, plan.image
     )
     shm, shm_mount = podspec.shm_volume()
     weights = plan.workspace.weights
