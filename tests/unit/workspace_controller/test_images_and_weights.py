@@ -346,3 +346,15 @@ def test_the_plain_http_flag_repeats_falls_back_to_the_environment_and_refuses_a
     assert "argument --plain-http-registry: plain-http registry 'http://a:1'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_bad_plain_http_registry_in_the_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaito.controllers.workspace.cli import cmd_workspace_controller
+
+    monkeypatch.setenv("KAITO_PLAIN_HTTP_REGISTRIES", "reg.local,http://a:1")
+    assert cmd_workspace_controller(parse()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kaito workspace-controller: KAITO_PLAIN_HTTP_REGISTRIES: ")
+    assert "'http://a:1'" in err

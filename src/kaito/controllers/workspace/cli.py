@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from typing import Any
 
 import structlog
@@ -126,6 +127,13 @@ def plain_http_registries(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_workspace_controller(args: argparse.Namespace) -> int:
+    try:
+        args.plain_http_registries = plain_http_registries(args)
+    except ValueError as e:
+        # The flag is checked by argparse; the environment's value is checked here, with
+        # the same words and exit code.
+        print(f"kaito workspace-controller: {PLAIN_HTTP_REGISTRIES_ENV}: {e}", file=sys.stderr)
+        return 2
     return asyncio.run(_run(args))
 
 
@@ -137,7 +145,7 @@ async def _run(args: argparse.Namespace) -> int:
         load_catalog()
         .with_image_registry(args.image_registry)
         .with_hf_endpoint(args.hf_endpoint)
-        .with_plain_http_registries(plain_http_registries(args))
+        .with_plain_http_registries(args.plain_http_registries)
     )
     options = manager_options(
         args, component="workspace-controller", leader_election_id="workspace-controller"
