@@ -36,7 +36,6 @@ import pytest
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import MODEL_ACCESS_SECRET_KEY, WORKSPACES_V1ALPHA1
 from kaito.runtime.client import Client
-from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import (
     DEPLOYMENTS,
     NODES,
@@ -234,7 +233,4 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
     assert await poll_until(leftovers, lambda x: not x, timeout=240, what="garbage") == {}
     assert agent_pools(state) == []
     assert not list(node_dir_for(Path(state.data_dir)).glob("*/state.json"))
-    try:
-        await client.get(SECRETS, "hf-token", NS)
-    except NotFound:  # pragma: no cover - the user's Secret is the user's
-        raise AssertionError("the user's Secret must stay") from None
+    await client.get(SECRETS, "hf-token", NS)  # the user's Secret stays (NotFound otherwise)
