@@ -76,6 +76,11 @@ def add_commands(sub: Any) -> None:
     hf_hub_cli.add_arguments(
         sub.add_parser("hf-hub", help="serve a Hugging Face hub emulator (HF_ENDPOINT) with faults")
     )
+    from kaito_dev.realnode import clusterdns
+
+    clusterdns.add_arguments(
+        sub.add_parser("cluster-dns", help="serve the cluster domain's DNS to real nodes' pods")
+    )
     from kaito_dev.chaos import cli as chaos_cli
 
     chaos_cli.add_arguments(

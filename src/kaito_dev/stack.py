@@ -6,9 +6,11 @@ Nodes (``nodes=``):
 - ``real`` (the default): every AKS agent-pool VM is a real node on this host
   (containerd + kubelet 1.20.2 + the emulated-GPU device plugin, booted by the AKS
   emulator, `kaito_dev.aks.realnodes`), one kube-proxy gives Services their ClusterIPs,
-  and the pods run the project's images, built and pushed to the stack's registry
-  (``inference``, ``tuning``, ``curl``; buildah reuses its layers and the registry's
-  blobs live in the cache, so only the first ``up`` on a machine pays). The controllers
+  a DNS server answers for the cluster domain (`kaito_dev.realnode.clusterdns`: Service
+  and StatefulSet pod names, as CoreDNS would), and the pods run the project's images,
+  built and pushed to the stack's registry (``inference``, ``tuning``, ``curl``; buildah
+  reuses its layers and the registry's blobs live in the cache, so only the first ``up``
+  on a machine pays). The controllers
   name that registry (``--image-registry``) and the hub (``--hf-endpoint``), which
   listens on the host's address: pods live in their own network namespaces, where
   127.0.0.1 is the pod itself. So does a second, authenticated listener on the
@@ -172,14 +174,17 @@ class Stack:
         extra: tuple[str, ...] = (),
         registry: str | None = None,
         mirror_for: Sequence[str] = (),
+        cluster_dns: str = "",
     ) -> dict[str, str]:
         """The emulated AKS agent-pool API; returns the provisioner's environment. A fixed
         ``port`` lets a restarted emulator answer on the same URL; ``extra`` arguments
         (e.g. ``--delete-latency``) follow the defaults. With ``registry`` its VMs are real
-        nodes pulling from it (`node_dir`), also for images named ``mirror_for`` hosts."""
+        nodes pulling from it (`node_dir`), also for images named ``mirror_for`` hosts,
+        whose pods resolve through ``cluster_dns``."""
         emu_dir = self.dir / "aks-emulator"
         env_file = emu_dir / "provisioner.env"
-        real = ["--nodes", "real", "--node-dir", str(self.node_dir), f"--registry={registry}"]
+        real = ["--nodes", "real", "--node-dir", str(self.node_dir), f"--registry={registry}",
+                f"--cluster-dns={cluster_dns}"]  # fmt: skip
         real += [f"--mirror-for={host}" for host in mirror_for]
         self.say(
             f"starting the AKS emulator (agent pools take {create_latency:g}s to create"
@@ -405,6 +410,21 @@ class Stack:
         self.state.save()
         self.say("kube-proxy (iptables) serves the Services' ClusterIPs on this host")
 
+    def start_cluster_dns(self) -> str:
+        """The cluster domain's DNS server (`kaito_dev.realnode.clusterdns`, CoreDNS's part)
+        on UDP 53 of the address pods reach; returns that address (``--cluster-dns``)."""
+        address = pod_reachable_address()
+        state_file = self.dir / "cluster-dns.json"
+        pid = self.spawn(
+            "cluster-dns",
+            ["dev", "cluster-dns", "--kubeconfig", self.state.kubeconfig, "--host", address,
+             "--state-file", str(state_file)],
+        )  # fmt: skip
+        self.wait_for("the cluster DNS", lambda: _json_file(state_file) is not None, pid,
+                      timeout=30)  # fmt: skip
+        self.say(f"cluster DNS at {address}:53: pods resolve <svc>.<ns>.svc.cluster.local")
+        return address
+
 
 NODE_IMAGES = ("inference", "tuning", "curl")
 LOCAL_REVISION = "local"
@@ -508,8 +528,9 @@ async def start_stack(
         model = await stack.stand_in_model()
         hub = stack.start_hf_hub(model, host=pod_reachable_address())
         stack.start_kube_proxy()
+        dns = stack.start_cluster_dns()
         arm_env = stack.start_aks_emulator(
-            create_latency=0.5, registry=registry, mirror_for=[pod_registry]
+            create_latency=0.5, registry=registry, mirror_for=[pod_registry], cluster_dns=dns
         )
         stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
         stack.start_workspace_controller(

@@ -96,6 +96,10 @@ def test_cni_conflist_and_kubelet_flags(tmp_path: Path) -> None:
     assert "--cgroup-root=/aks-gpu-1" in args
     assert "--node-labels=kubernetes.azure.com/agentpool=gpu" in args
     assert "--register-with-taints=sku=gpu:NoSchedule" in args
+    assert not [a for a in args if a.startswith("--cluster-d")]  # no DNS server: none named
+    n.cluster_dns = "10.1.2.3"
+    args = node.kubelet_args(n, Path("/bin"))
+    assert {"--cluster-dns=10.1.2.3", "--cluster-domain=cluster.local"} <= set(args)
 
 
 def test_registry_hosts_toml_points_at_the_local_registry_over_http(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         help="a registry host whose images real nodes pull from --registry (repeatable)",
     )
+    p.add_argument(
+        "--cluster-dns", default="", help="real nodes' pods resolve names through this DNS server"
+    )
     p.set_defaults(func=cmd_aks_emulator)
 
 
@@ -149,6 +152,7 @@ def _real_nodes(args: argparse.Namespace, config: Any, kube: Any, directory: Pat
             kubeconfig=str(Path(kubeconfig).resolve()),
             registry=args.registry,
             mirror_for=args.mirror_for,
+            cluster_dns=args.cluster_dns,
         )
 
     return make

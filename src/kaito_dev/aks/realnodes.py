@@ -12,8 +12,9 @@ names, ``remove(names)``. For instance ``i`` of pool ``p``:
   once it registered, as AKS does;
 - ``nvidia.com/gpu`` = the SKU's GPU count, from the device plugin (the scheduler and
   kubelet admit GPU pods; the plugin tells each one ``KAITO_EMULATED_GPU=cpu``);
-- a pod subnet ``10.244.<k>.0/24`` of its own, the stack's registry as mirror, and its own
-  disk under ``/var/lib/kaito`` (the model cache is per node).
+- a pod subnet ``10.244.<k>.0/24`` of its own, the stack's registry as mirror, its own
+  disk under ``/var/lib/kaito`` (the model cache is per node) and, given
+  ``cluster_dns``, the cluster's DNS server for its pods.
 
 Booting runs in a thread (containerd, then the kubelet's start); readiness is waited
 for in the background (`register` returns as soon as the processes run, as an AKS
@@ -103,6 +104,7 @@ class RealKubelets:
         registry: str | None = None,
         mirror_for: Sequence[str] = (),
         ready_timeout: float = 120.0,
+        cluster_dns: str = "",
     ) -> None:
         self.kube = kube
         self._where = {
@@ -118,6 +120,7 @@ class RealKubelets:
         self.registry = registry
         self.mirror_for = list(mirror_for)
         self.ready_timeout = ready_timeout
+        self.cluster_dns = cluster_dns
         self._lock = asyncio.Lock()
         self.logs = self.base_dir / ".stopped"  # the logs of the nodes of deleted pools
 
@@ -181,6 +184,7 @@ class RealKubelets:
                         registry=self.registry,
                         mirror_for=self.mirror_for,
                         provider_id=node["spec"]["providerID"],
+                        cluster_dns=self.cluster_dns,
                     )
                 except NodeBootError as e:
                     # The VM never joins (the provisioner sees no Node and times out).

@@ -27,7 +27,9 @@ A node is (REAL-NODES.md has the verified flags and the pitfalls):
 - a **kubelet** with ``--hostname-override`` = the node name, its own ports and root
   folder, ``--cgroup-root=/<node>`` (made in every cgroup v1 hierarchy first), the given
   ``--node-labels`` / ``--register-with-taints``, and the cluster's admin kubeconfig
-  (a local cluster: no bootstrap tokens or node certificates);
+  (a local cluster: no bootstrap tokens or node certificates) and, given ``cluster_dns``,
+  ``--cluster-dns``/``--cluster-domain`` (pods resolve Service names through
+  `kaito_dev.realnode.clusterdns`);
 - the **device plugin** (`kaito_dev.realnode.deviceplugin`) with ``gpus`` emulated GPUs.
 
 The Node object belongs to whoever asked for the node (the AKS emulator deletes it with
@@ -93,6 +95,7 @@ PRIVATE_MOUNTS = {
 }
 # Pod IPs come out of this range; each node gets a /24 (or whatever pod_cidr says).
 CLUSTER_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
+CLUSTER_DOMAIN = "cluster.local"
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 UNUSED_SNAPSHOTTERS = ", ".join(
@@ -136,6 +139,7 @@ class RealNode:
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[str] = field(default_factory=list)
     provider_id: str = ""  # --provider-id: the Node's spec.providerID (e.g. an Azure VM)
+    cluster_dns: str = ""  # --cluster-dns: the cluster's DNS server (`clusterdns`), if any
     mount_ns: str = ""  # "mnt:[inode]" of the node's mount namespace
     pids: dict[str, int] = field(default_factory=dict)
     booted_at: float = 0.0  # time.time() when boot began
@@ -311,6 +315,9 @@ def kubelet_args(node: RealNode, bin_dir: Path) -> list[str]:
         args.append("--register-with-taints=" + ",".join(node.taints))
     if node.provider_id:
         args.append(f"--provider-id={node.provider_id}")
+    if node.cluster_dns:
+        # Pods' resolv.conf: this server, the cluster's search path, ndots:5.
+        args += [f"--cluster-dns={node.cluster_dns}", f"--cluster-domain={CLUSTER_DOMAIN}"]
     return args
 
 
@@ -334,6 +341,7 @@ def boot(
     mirror_for: Sequence[str] = (),
     bin_dir: Path | None = None,
     provider_id: str = "",
+    cluster_dns: str = "",
 ) -> RealNode:
     """Start a node's containerd, kubelet and (``gpus`` > 0) device plugin; return at once.
 
@@ -371,6 +379,7 @@ def boot(
         labels=labels,
         taints=[t.flag() for t in parsed_taints],
         provider_id=provider_id,
+        cluster_dns=cluster_dns,
         booted_at=time.time(),
     )
     for sub in [*PRIVATE_MOUNTS, "logs", "cni/net.d", "certs.d", "pki", "opt"]:
