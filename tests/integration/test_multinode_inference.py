@@ -154,7 +154,10 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
 
     async def split_ready() -> Obj | None:
         ws = await get_ws(client, SPLIT)
-        message = (conditions(ws).get("InferenceReady") or {}).get("message", "")
+        cond = conditions(ws).get("InferenceReady") or {}
+        if cond.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff"):
+            raise AssertionError(f"{SPLIT}: InferenceReady {cond}")
+        message = cond.get("message", "")
         if "ranks joined" in message and message not in seen_waiting:
             seen_waiting.append(message)
         return ws

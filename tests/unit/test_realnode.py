@@ -171,6 +171,7 @@ def test_device_plugin_serves_devices_and_allocates_the_emulated_gpu_env(tmp_pat
             assert envs == {
                 "NVIDIA_VISIBLE_DEVICES": "emulated-gpu-0,emulated-gpu-1",
                 "KAITO_EMULATED_GPU": "cpu",
+                "VLLM_CPU_KVCACHE_SPACE": "2",
             }
             with pytest.raises(grpc.RpcError) as err:
                 stub.Allocate(

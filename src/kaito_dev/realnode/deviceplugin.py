@@ -9,6 +9,12 @@ tell the pod that its "GPU" is emulated on CPU::
 
     NVIDIA_VISIBLE_DEVICES=<the allocated device ids, comma-separated>
     KAITO_EMULATED_GPU=cpu
+    VLLM_CPU_KVCACHE_SPACE=<GiB per allocated device, the emulated GPU's memory>
+
+The last is the emulated GPU's memory, as vLLM's CPU backend takes it: without it, each
+vLLM process reserves 90 % of the host's RAM (``--gpu-memory-utilization`` on CPU), so a
+second one on the same host (another node's pod, a multi-node group's rank) fails to
+start with "Available memory ... is less than desired CPU memory utilization".
 
 No device node is mounted: there is no GPU. The plugin runs inside its node's mount
 namespace (kubelet 1.20 hard-codes the device-plugins folder), one process per node:
@@ -57,9 +63,18 @@ def device_ids(count: int) -> list[str]:
     return [f"emulated-gpu-{i}" for i in range(count)]
 
 
+KV_CACHE_GIB_PER_DEVICE = 1
+"""The emulated GPU's memory for vLLM's KV cache (``VLLM_CPU_KVCACHE_SPACE``, GiB): ample
+for the stand-in model, small enough for many servers on one host."""
+
+
 def allocate_envs(ids: Sequence[str]) -> dict[str, str]:
     """The container envs for an allocation of ``ids``."""
-    return {"NVIDIA_VISIBLE_DEVICES": ",".join(ids), EMULATED_GPU_ENV: "cpu"}
+    return {
+        "NVIDIA_VISIBLE_DEVICES": ",".join(ids),
+        EMULATED_GPU_ENV: "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB_PER_DEVICE * max(len(ids), 1)),
+    }
 
 
 class GpuPlugin(services.DevicePluginServicer):  # type: ignore[misc]
