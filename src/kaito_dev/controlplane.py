@@ -365,18 +365,19 @@ def stop_pids(pids: dict[str, int], *, grace: float = 10.0) -> None:
         except ProcessLookupError:
             continue
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             log.warning("process did not stop, killing", component=name, pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: reaped first if it is our child; a zombie that is not
+    (one whose parent has not reaped it yet) counts as dead."""
     try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        if waited == pid:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
     except ChildProcessError:
         pass
@@ -384,7 +385,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return False
 
 
 def write_kubeconfig(

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from kaito.runtime.meta import Obj
 from kaito.runtime.resource import NODES
 from kaito_dev.aks.kubelet import Spawn
 from kaito_dev.aks.nodes import build_node
+from kaito_dev.controlplane import pid_alive
 
 __all__ = ["RealKubelets", "kubelet_labels"]
 
@@ -260,7 +260,7 @@ class RealKubelets:
             node = RealNode.load(state.parent)
             meta = state.parent / POOL_FILE
             info: dict[str, Any] | None = json.loads(meta.read_text()) if meta.exists() else None
-            alive = bool(node.pids) and all(_alive(pid) for pid in node.pids.values())
+            alive = bool(node.pids) and all(pid_alive(pid) for pid in node.pids.values())
             if not alive or info is None:
                 # A VM that crashed stays down: its pool keeps it (NotReady) until deleted.
                 log.warning("real node found dead, stopping it", node=node.name)
@@ -270,14 +270,3 @@ class RealKubelets:
             if info is not None:
                 pools.setdefault(info["pool"], (info["properties"], []))[1].append(node.name)
         return pools
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False

@@ -60,7 +60,7 @@ from typing import Any
 import structlog
 import yaml
 
-from kaito_dev.controlplane import ensure_binaries, free_port, stop_pids
+from kaito_dev.controlplane import ensure_binaries, free_port, pid_alive, stop_pids
 from kaito_dev.realnode import hoststate
 from kaito_dev.realnode.images import PAUSE_IMAGE, pause_archive
 
@@ -478,23 +478,10 @@ def _spawn(
     return proc
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _wait(node: RealNode, component: str, check: Any, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        if not _alive(node.pids[component]):
+        if not pid_alive(node.pids[component]):
             raise NodeBootError(f"{node.name}: {component} exited:\n{node.log_tail(component)}")
         if time.monotonic() > deadline:
             raise NodeBootError(
@@ -551,7 +538,7 @@ def wait_ready(node: RealNode, *, timeout: float = 90.0) -> float:
     while time.monotonic() < deadline:
         for component in ("containerd", "kubelet", "device-plugin"):
             pid = node.pids.get(component)
-            if pid and not _alive(pid):
+            if pid and not pid_alive(pid):
                 raise NodeBootError(f"{node.name}: {component} exited:\n{node.log_tail(component)}")
         with contextlib.suppress(OSError, urllib.error.URLError):
             last = get_node(node.kubeconfig, node.name)
@@ -606,7 +593,7 @@ def stop(node: RealNode, *, keep_logs: Path | None = None) -> None:
     # The pods' host-side veths, for `leftovers` to check (CNI DEL is about to remove them).
     node.veths = sorted(set(node.veths) | set(hoststate.bridge_ports(node.bridge)))
     stop_pids({c: node.pids[c] for c in ("kubelet", "device-plugin") if c in node.pids})
-    if "containerd" in node.pids and _alive(node.pids["containerd"]):
+    if "containerd" in node.pids and pid_alive(node.pids["containerd"]):
         try:
             _remove_pods(node)
         except Exception as e:  # containerd hung or half up: the kill below still cleans
@@ -618,7 +605,7 @@ def stop(node: RealNode, *, keep_logs: Path | None = None) -> None:
     _kill(sorted(hoststate.cgroup_pids(node.name)))
     if "holder" in node.pids:
         _kill([node.pids["holder"]])
-        _alive(node.pids["holder"])  # reap
+        pid_alive(node.pids["holder"])  # reap
     deadline = time.monotonic() + 10
     while node.mount_ns and hoststate.processes_in_mount_ns(node.mount_ns):
         if time.monotonic() > deadline:
@@ -642,7 +629,7 @@ def leftovers(node: RealNode) -> list[str]:
     """What of ``node`` is still on the host (empty after a clean `stop`)."""
     out = []
     for component, pid in node.pids.items():
-        if _alive(pid):
+        if pid_alive(pid):
             out.append(f"process {component} (pid {pid})")
     if node.mount_ns:
         out += [
