@@ -54,7 +54,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "cmd": ["--help"],
         "user": "65532:65532",
         "files": ["usr/bin/curl"],
-        "run": ["curl", "--version"],
+        "run": ["curl", "--help"],
     },
 }
 
