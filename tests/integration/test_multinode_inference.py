@@ -26,6 +26,7 @@ Real nodes change host iptables: run it under the shared lock
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,20 @@ def workspace(name: str, count: int, instance_type: str) -> Obj:
             "preset": {"name": PRESET, "presetOptions": {"modelAccessSecret": "hf-token"}}
         },
     }
+
+
+def pod_logs(kubeconfig: str, *pods: str) -> str:
+    """The pods' current and previous container logs (tails), for a failure's message."""
+    out = []
+    for pod in pods:
+        for previous in ("--previous", ""):
+            run = subprocess.run(
+                ["kubectl", "--kubeconfig", kubeconfig, "-n", NS, "logs", pod, "-c",
+                 "inference", "--tail=40", *([previous] if previous else [])],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            out.append(f"--- {pod} {previous or '(current)'}:\n{run.stdout}{run.stderr}")
+    return "\n".join(out)
 
 
 async def wait_ready(client: Client, name: str, timeout: float = 600.0) -> Obj:
@@ -156,7 +171,8 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
         ws = await get_ws(client, SPLIT)
         cond = conditions(ws).get("InferenceReady") or {}
         if cond.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff"):
-            raise AssertionError(f"{SPLIT}: InferenceReady {cond}")
+            logs = pod_logs(state.kubeconfig, f"{SPLIT}-0", f"{SPLIT}-1")
+            raise AssertionError(f"{SPLIT}: InferenceReady {cond}\n{logs}")
         message = cond.get("message", "")
         if "ranks joined" in message and message not in seen_waiting:
             seen_waiting.append(message)
