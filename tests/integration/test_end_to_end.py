@@ -350,7 +350,9 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert pulled["exitCode"] == 0, pulled
     timings["adapter_pull_s"] = seconds(pulled["startedAt"], pulled["finishedAt"])
     print(f"tuning -> adapter image -> serving timings: {json.dumps(timings)}")
-    base = f"http://{pod['status']['podIP']}:5000"
+    # Through the Service's ClusterIP (kube-proxy on the host), as a client in the cluster.
+    svc = await client.get(SERVICES, "serve-tiny", NS)
+    base = f"http://{svc['spec']['clusterIP']}:80"
     async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
         models = [m["id"] for m in (await resp.json())["data"]]
     assert models == [PRESET, ADAPTER], models
