@@ -232,6 +232,20 @@ def test_kubectl_apply_k_in_the_local_cluster_serves_the_quick_start_fails_over_
         print(out)
         state = ControlPlaneState.load(state_dir)
         asyncio.run(checks(state, lambda m: print(m, flush=True)))
+    except BaseException:
+        kubeconfig = state_dir / "kubeconfig"
+        for args in (
+            ["get", "pods,nodes,deploy,lease,endpoints", "-A", "-o", "wide"],
+            ["-n", incluster.NAMESPACE, "describe", "pods"],
+            ["-n", incluster.NAMESPACE, "logs", "-l", "app.kubernetes.io/part-of!=x",
+             "--all-containers", "--tail=40", "--prefix"],
+        ):  # fmt: skip
+            dump = subprocess.run(
+                ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            print(f"$ kubectl {' '.join(args)}\n{dump.stdout}{dump.stderr}")
+        raise
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "kaito_dev", "down", "--dir", str(state_dir)],
