@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kaito.api.machine import MACHINES
 from kaito.api.workspace import LABEL_WORKSPACE, WORKSPACES
@@ -43,6 +44,8 @@ from kaito_dev.controlplane import ControlPlaneState
 from kaito_dev.realnode import hoststate
 from kaito_dev.realnode.node import RUN_ROOT
 from kaito_dev.stack import read_env_file
+from tests.integration.kubernetes_sd import MONITORING, Pod, with_static_discovery
+from tests.integration.prometheus import run_prometheus
 
 Obj = dict[str, Any]
 WORKSPACE = "workspace-phi-3-mini"
@@ -153,6 +156,38 @@ async def checks(state: ControlPlaneState, say: Any) -> None:
 
         before = await workspace_state(client)
         assert before["WorkspaceReady"] == "True" and len(before["machines"]) == 1, before
+
+        # A real Prometheus with deploy/monitoring's scrape config scrapes the real pods
+        # (the pod discovery is tests.integration.kubernetes_sd's: Debian's build has none).
+        inference = await client.list(
+            PODS, "default", label_selector=f"{LABEL_WORKSPACE}={WORKSPACE}"
+        )
+        discovered = [
+            Pod(p["metadata"]["namespace"], p["metadata"]["name"], p, p["status"]["podIP"])
+            for p in [*pods["gpu-provisioner"], *pods["kaito-workspace-controller"],
+                      *inference["items"]]
+        ]  # fmt: skip
+        config = yaml.safe_load((MONITORING / "prometheus-scrape-config.yaml").read_text())
+        config["global"] |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
+        with run_prometheus(
+            with_static_discovery(config, discovered), Path(state.data_dir) / "prometheus"
+        ) as prom:
+            up = await prom.wait_for_series_async("up == 1", timeout=60, min_count=5)
+            jobs = sorted(s["metric"]["job"] for s in up)
+            say(f"Prometheus: up == 1 for {jobs}")
+            assert (
+                jobs
+                == ["gpu-provisioner"] * 2
+                + ["kaito-inference"]
+                + ["kaito-workspace-controller"] * 2
+            ), up
+            leaders = await prom.wait_for_series_async(
+                "leader_election_master_status == 1", timeout=30, min_count=2
+            )
+            assert sorted(s["metric"]["job"] for s in leaders) == [
+                "gpu-provisioner",
+                "kaito-workspace-controller",
+            ], leaders
 
         # Failover: delete each leader's pod; the other replica takes the Lease.
         for lease in incluster.CONTROLLER_DEPLOYMENTS.values():
