@@ -28,6 +28,7 @@ advertises it as the ``kubernetes`` Service's endpoint (`ControlPlane(pod_addres
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -133,7 +134,10 @@ def boot_system_node(state: ControlPlaneState, registry: str, *, timeout: float 
         registry=registry,
     )
     deadline = time.monotonic() + timeout
-    while get_node(state.kubeconfig, name) is None:
+    while True:
+        with contextlib.suppress(OSError):  # URLError included
+            if get_node(state.kubeconfig, name) is not None:
+                break
         if time.monotonic() > deadline:
             raise ControlPlaneError(f"system node {name} never registered")
         time.sleep(0.25)
