@@ -304,7 +304,10 @@ async def webhook_answers(client: Client) -> bool:
         "apiVersion": WORKSPACES_V1ALPHA1.api_version,
         "kind": "Workspace",
         "metadata": {"name": "webhook-probe", "namespace": "default"},
-        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {}},
+        "resource": {
+            "instanceType": "Standard_NC6s_v3",
+            "labelSelector": {"matchLabels": {"apps": "webhook-probe"}},
+        },
         "inference": {"preset": {"name": "no-such-preset"}},
     }
     try:
