@@ -40,6 +40,7 @@ def add_commands(sub: Any) -> None:
         "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .kaito/dev)"
     )
     _nodes_argument(up)
+    _controllers_argument(up)
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -50,6 +51,7 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     demo.add_argument("--down", action="store_true", help="tear everything down at the end")
     _nodes_argument(demo)
+    _controllers_argument(demo)
     demo.set_defaults(func=cmd_demo)
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -100,6 +102,17 @@ def _nodes_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _controllers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--controllers",
+        choices=("process", "in-cluster"),
+        default="process",
+        help="process: both controllers run as host processes with their ServiceAccounts' "
+        "tokens (default); in-cluster: `kubectl apply -k` of deploy/ (a local overlay), two "
+        "replicas each as pods on a system node (needs --nodes real)",
+    )
+
+
 def _progress(t0: float) -> Any:
     def say(msg: str) -> None:
         print(f"[kaito dev {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
@@ -116,9 +129,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
     try:
         real = args.nodes == "real"
+        controllers = getattr(args, "controllers", "process")
+        if controllers == "in-cluster" and not real:
+            raise ValueError("--controllers in-cluster needs --nodes real")
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = ControlPlane(state_dir, real_nodes=real).start(progress=say)
-        info = asyncio.run(start_stack(state, say=say, nodes=args.nodes))
+        pod_address = None
+        if controllers == "in-cluster":
+            from kaito_dev.stack import pod_reachable_address
+
+            pod_address = pod_reachable_address()  # in-cluster config reaches it there
+        state = ControlPlane(state_dir, real_nodes=real, pod_address=pod_address).start(
+            progress=say
+        )
+        info = asyncio.run(start_stack(state, say=say, nodes=args.nodes, controllers=controllers))
     except (RuntimeError, OSError, ValueError) as e:  # ControlPlaneError, NodeBootError
         say(f"FAILED: {e}")
         cmd_down(args)
@@ -128,10 +151,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         if real
         else "node agent (FALLBACK: pods run as local processes)"
     )
+    where = (
+        "pods on the system node, kubectl apply -k " + info["overlay"]
+        if info.get("controllers") == "in-cluster"
+        else "as their ServiceAccounts"
+    )
     print(
         f"\nThe local KAITO stack is up: control plane, CRDs, RBAC, OCI registry, AKS emulator,\n"
         f"Hugging Face hub emulator (serving a tiny STAND-IN model under the presets' repos),\n"
-        f"gpu-provisioner and workspace controller (as their ServiceAccounts), {nodes}.\n"
+        f"gpu-provisioner and workspace controller ({where}), {nodes}.\n"
         f"  HF_ENDPOINT={info['hf_endpoint']}\n"
         f"  export KUBECONFIG={state.kubeconfig}\n"
         f"  kubectl get workspace,machines,nodes\n"
@@ -202,7 +230,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     # The AKS emulator first (it boots nodes), then its VMs, then everything else.
     pids = dict(state.pids)
     stop_pids({k: v for k, v in pids.items() if k == "aks-emulator"})
-    left = _stop_real_nodes(state_dir)
+    from kaito_dev.incluster import stop_system_node
+
+    left = stop_system_node(state_dir)  # the controllers' pods, with --controllers in-cluster
+    left += _stop_real_nodes(state_dir)
     stop_pids({k: v for k, v in pids.items() if k != "aks-emulator"})
     left += _restore_host(state_dir)
     import shutil

@@ -17,6 +17,7 @@ prove which process wrote what, and when.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -130,8 +131,12 @@ class ControlPlane:
         bin_dir: Path | None = None,
         audit: bool = False,
         real_nodes: bool = False,
+        pod_address: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # Pods reach the apiserver (in-cluster config: the ``kubernetes`` Service) at this
+        # host address: it listens there too and advertises it as the Service's endpoint.
+        self.pod_address = pod_address
         self.bin_dir = bin_dir
         self.audit = audit
         self.real_nodes = real_nodes
@@ -151,7 +156,9 @@ class ControlPlane:
         pki = self.data_dir / "pki"
         ca = CertificateAuthority.create()
         ca_crt, ca_key = ca.write(pki)
-        serving_crt, serving_key = ca.issue_serving("kube-apiserver", ["127.0.0.1", "localhost"])
+        serving_crt, serving_key = ca.issue_serving(
+            "kube-apiserver", ["127.0.0.1", "localhost", *self._pod_hosts]
+        )
         (pki / "apiserver.crt").write_bytes(serving_crt)
         (pki / "apiserver.key").write_bytes(serving_key)
         write_rsa_keypair(pki / "sa.key", pki / "sa.pub")
@@ -203,8 +210,7 @@ class ControlPlane:
                     str(bin_dir / "kube-apiserver"),
                     f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                     f"--secure-port={api_port}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
+                    *self._address_flags,
                     "--insecure-port=0",
                     f"--tls-cert-file={pki / 'apiserver.crt'}",
                     f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -215,7 +221,6 @@ class ControlPlane:
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     "--service-account-issuer=https://kubernetes.default.svc",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    "--endpoint-reconciler-type=none",
                     "--enable-priority-and-fairness=false",
                     "--max-requests-inflight=1000",
                     "--max-mutating-requests-inflight=500",
@@ -277,6 +282,33 @@ class ControlPlane:
         self.state.save()
         say(f"control plane up in {time.monotonic() - t0:.1f}s; KUBECONFIG={kubeconfig}")
         return self.state
+
+    @property
+    def _pod_hosts(self) -> list[str]:
+        """The names pods use for the apiserver: the ``kubernetes`` Service's ClusterIP
+        and DNS names, and the host address its endpoint points at."""
+        if not self.pod_address:
+            return []
+        service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+        names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        return [self.pod_address, service_ip, *names, "kubernetes.default.svc.cluster.local"]
+
+    @property
+    def _address_flags(self) -> list[str]:
+        """Loopback only (no endpoint for the ``kubernetes`` Service), or with
+        ``pod_address`` every address, that one advertised (the lease endpoint reconciler
+        keeps the Service's endpoint at it)."""
+        if not self.pod_address:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.pod_address}",
+            "--endpoint-reconciler-type=lease",
+        ]
 
     @property
     def controllers(self) -> str:

@@ -383,15 +383,15 @@ class Stack:
         self.say(f"real nodes: tools ready, host state recorded ({time.monotonic() - t0:.1f}s)")
         return host
 
-    def build_images(self, registry: str) -> dict[str, str]:
-        """Build (buildah, cached layers) and push the images real nodes run."""
+    def build_images(self, registry: str, names: Sequence[str] | None = None) -> dict[str, str]:
+        """Build (buildah, cached layers) and push the images real nodes run (``names``,
+        default `NODE_IMAGES`)."""
         from kaito_dev.images import Builder, build_all
 
         t0 = time.monotonic()
-        self.say(f"images {', '.join(NODE_IMAGES)}: build or reuse, push to {registry}")
-        built = build_all(
-            registry, NODE_IMAGES, builder=Builder(say=self.say), revision=LOCAL_REVISION
-        )
+        names = names or NODE_IMAGES
+        self.say(f"images {', '.join(names)}: build or reuse, push to {registry}")
+        built = build_all(registry, names, builder=Builder(say=self.say), revision=LOCAL_REVISION)
         self.say(f"images pushed in {time.monotonic() - t0:.1f}s")
         return {b.spec.name: b.reference for b in built}
 
@@ -489,14 +489,32 @@ def _http_ok(port: int) -> bool:
         return False
 
 
+CONTROLLER_MODES = ("process", "in-cluster")
+
+
 async def start_stack(
-    state: ControlPlaneState, *, say: Callable[[str], None], nodes: str = "real"
+    state: ControlPlaneState,
+    *,
+    say: Callable[[str], None],
+    nodes: str = "real",
+    controllers: str = "process",
 ) -> dict[str, Any]:
     """CRDs, RBAC, the registry, the AKS emulator, the hub emulator, both controllers (as
     their ServiceAccounts) and the nodes (``real``, or the node agent with ``agent``);
-    returns what the demo prints (logs, metrics ports, the hub's URL)."""
+    returns what the demo prints (logs, metrics ports, the hub's URL). ``controllers``:
+    ``process`` (host processes), or ``in-cluster`` (pods on a system node, installed by
+    ``kubectl apply -k``: `kaito_dev.incluster`; real nodes only, and the control plane
+    must have been started with ``pod_address``)."""
     if nodes not in ("real", "agent"):
         raise ValueError(f"nodes: {nodes!r} is not one of real, agent")
+    if controllers not in CONTROLLER_MODES:
+        raise ValueError(f"controllers: {controllers!r} is not one of process, in-cluster")
+    if controllers == "in-cluster":
+        if nodes != "real":
+            raise ValueError("controllers: in-cluster needs nodes: real (pods need a kubelet)")
+        from kaito_dev.incluster import start_in_cluster
+
+        return await start_in_cluster(state, say=say)
     ids = Path(state.data_dir) / "identities"
     ids.mkdir(exist_ok=True)
     async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
