@@ -9,8 +9,11 @@ development tooling and the image does not ship it.
 starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler on free loopback
 ports under ``.kaito/dev/``, then the stack (`kaito_dev.stack`) and leaves them running.
 ``--nodes real`` (default): the AKS emulator boots real nodes (containerd + kubelet)
-running the project's images; ``--nodes agent``: the fallback without real nodes (the
-node agent runs the pods as local processes). ``down`` stops the real nodes (pods,
+running the project's images, and KAITO is installed as users install it, ``kubectl
+apply -k`` of deploy/ onto a system node (``--controllers in-cluster``, the default with
+real nodes; ``--controllers process`` runs both controllers as host processes instead);
+``--nodes agent``: the fallback without real nodes (the node agent runs the pods as
+local processes, the controllers are host processes). ``down`` stops the real nodes (pods,
 containers, state, cgroups, network), every process by PID, restores the host's
 sysctls and iptables, and fails naming anything left behind.
 """
@@ -106,11 +109,22 @@ def _controllers_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--controllers",
         choices=("process", "in-cluster"),
-        default="process",
-        help="process: both controllers run as host processes with their ServiceAccounts' "
-        "tokens (default); in-cluster: `kubectl apply -k` of deploy/ (a local overlay), two "
-        "replicas each as pods on a system node (needs --nodes real)",
+        default=None,
+        help="in-cluster (the default with --nodes real): `kubectl apply -k` of deploy/ (a "
+        "local overlay), two replicas each as pods on a system node; process (the default "
+        "with --nodes agent): both controllers run as host processes with their "
+        "ServiceAccounts' tokens",
     )
+
+
+def controllers_mode(args: argparse.Namespace) -> str:
+    """``--controllers``, defaulted from ``--nodes`` (pods need real nodes)."""
+    chosen: str | None = getattr(args, "controllers", None)
+    if chosen is None:
+        return "in-cluster" if args.nodes == "real" else "process"
+    if chosen == "in-cluster" and args.nodes != "real":
+        raise ValueError("--controllers in-cluster needs --nodes real (pods need a kubelet)")
+    return chosen
 
 
 def _progress(t0: float) -> Any:
@@ -129,9 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cmd_down(args)
     try:
         real = args.nodes == "real"
-        controllers = getattr(args, "controllers", "process")
-        if controllers == "in-cluster" and not real:
-            raise ValueError("--controllers in-cluster needs --nodes real")
+        controllers = controllers_mode(args)
         state_dir.mkdir(parents=True, exist_ok=True)
         pod_address = None
         if controllers == "in-cluster":
@@ -211,13 +223,37 @@ def _summarize(state: ControlPlaneState, result: DemoResult, say: Any) -> None:
     info = json.loads((Path(state.data_dir) / "stack.json").read_text())
     ports = info.get("ports", {})
     pod_ip = result.pod["status"]["podIP"]
+    controller_pods = _controller_pods(state) if info.get("controllers") == "in-cluster" else []
+    if controller_pods:
+        say("kubectl get pods -n kaito-system (the controllers, installed by kubectl apply -k):")
+        for line in controller_pods:
+            say(f"  {line}")
     say("metrics (Prometheus text format):")
     for component in ("gpu-provisioner", "workspace-controller"):
         port = ports.get(f"{component}-metrics")
         if port:
             say(f"  {component}: http://127.0.0.1:{port}/metrics")
+    for line in controller_pods[1:]:
+        name, _, _, ip = line.split()[:4]
+        say(f"  {name}: http://{ip}:8080/metrics")
     say(f"  inference server: http://{pod_ip}:5000/metrics (vllm:* and the server's own)")
     say("  scrape config for a cluster: deploy/monitoring/")
+
+
+def _controller_pods(state: ControlPlaneState) -> list[str]:
+    """``kubectl get pods -n kaito-system``: name, phase, image, pod IP, node (header first)."""
+    import subprocess
+
+    columns = (
+        "NAME:.metadata.name,STATUS:.status.phase,IMAGE:.spec.containers[0].image,"
+        "IP:.status.podIP,NODE:.spec.nodeName"
+    )
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={state.kubeconfig}", "get", "pods", "-n", "kaito-system",
+         "--sort-by=.metadata.name", "-o", f"custom-columns={columns}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return proc.stdout.splitlines() if proc.returncode == 0 else [proc.stderr.strip()]
 
 
 def cmd_down(args: argparse.Namespace) -> int:

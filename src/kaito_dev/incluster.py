@@ -9,8 +9,9 @@ Instead of running the two controllers as host processes, the stack
    (whose pools are KAITO's), so it lives in a folder of its own (`system_node_dir_for`);
 2. writes a **local overlay** (`write_overlay`) under the stack's folder that references
    ``deploy/`` unchanged and sets only what differs on this machine: the controller image
-   from the stack's registry; the workspace controller's image registry and Hugging Face
-   endpoint; the gpu-provisioner's ConfigMap pointing at the AKS emulator (listening on
+   from the stack's registry; the workspace controller's settings (image registry, Hugging
+   Face endpoint, the plain-http pod registry: `RealNodes.workspace_controller_settings`)
+   in its ConfigMap; the gpu-provisioner's ConfigMap pointing at the AKS emulator (listening on
    the host's address: a pod's 127.0.0.1 is its own), the emulator's CA (a ConfigMap
    mounted as a file) and the ARM token from a Secret (what workload identity provides
    on AKS);
@@ -35,9 +36,9 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -47,12 +48,16 @@ from kaito.runtime.meta import Obj
 from kaito.runtime.resource import DEPLOYMENTS, LEASES, NODES, PODS, Resource
 from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState
 
+if TYPE_CHECKING:
+    from kaito_dev.stack import RealNodes, Stack
+
 __all__ = [
     "CONTROLLER_DEPLOYMENTS",
     "NAMESPACE",
     "Installed",
     "apply_overlay",
     "boot_system_node",
+    "install_in_cluster",
     "system_node_dir_for",
     "system_node_labels",
     "system_node_name",
@@ -116,7 +121,9 @@ def system_node_labels(*, cluster: str = "kaito-dev", location: str = "eastus") 
     }
 
 
-def boot_system_node(state: ControlPlaneState, registry: str, *, timeout: float = 120.0) -> str:
+def boot_system_node(
+    state: ControlPlaneState, registry: str, *, cluster_dns: str = "", timeout: float = 120.0
+) -> str:
     """Boot the system node, label it as AKS does and wait for Ready; returns its name."""
     from kaito_dev.aks.realnodes import kubelet_labels
     from kaito_dev.realnode import boot, wait_ready
@@ -132,6 +139,7 @@ def boot_system_node(state: ControlPlaneState, registry: str, *, timeout: float 
         kubeconfig=state.kubeconfig,
         base_dir=system_node_dir_for(state_dir),
         registry=registry,
+        cluster_dns=cluster_dns,
     )
     deadline = time.monotonic() + timeout
     while True:
@@ -165,7 +173,7 @@ def write_overlay(
     *,
     registry: str,
     tag: str,
-    hf_endpoint: str,
+    workspace_controller: Mapping[str, str],
     arm_env: dict[str, str],
 ) -> Path:
     """The local overlay of ``deploy/`` (see the module docstring); returns its folder."""
@@ -218,10 +226,7 @@ def write_overlay(
                 "name": "kaito-workspace-controller-config",
                 "namespace": NAMESPACE,
                 "behavior": "merge",
-                "literals": [
-                    f"KAITO_IMAGE_REGISTRY={registry}",
-                    f"KAITO_HF_ENDPOINT={hf_endpoint}",
-                ],
+                "literals": [f"{k}={v}" for k, v in workspace_controller.items()],
             },
             {"name": ARM_CA_CONFIGMAP, "namespace": NAMESPACE, "files": ["ca.crt"]},
         ],
@@ -363,41 +368,27 @@ async def _get_or_none(client: Client, resource: Resource, name: str) -> Obj | N
         return None
 
 
-async def start_in_cluster(
-    state: ControlPlaneState, *, say: Callable[[str], None], tag: str | None = None
+async def install_in_cluster(
+    stack: Stack, real: RealNodes, *, tag: str | None = None
 ) -> dict[str, Any]:
-    """The real-node stack with the controllers installed by ``kubectl apply -k`` (see the
-    module docstring); returns what `kaito_dev.stack.start_stack` returns, plus the
-    overlay's folder and the install's timings."""
+    """Boot the system node and install KAITO on it with ``kubectl apply -k`` (see the
+    module docstring), beside the real nodes `Stack.start_real_nodes` started; returns
+    the system node's name, the overlay's folder and the install's timings."""
     from kaito_dev.images import project_version
-    from kaito_dev.stack import (
-        NODE_IMAGES,
-        Stack,
-        cache_dir,
-        pod_reachable_address,
-    )
 
-    stack = Stack(state, say=say)
-    address = pod_reachable_address()
-    stack.prepare_real_nodes()
-    registry = stack.start_registry(storage=cache_dir() / "registry")
-    images = await asyncio.to_thread(stack.build_images, registry, (*NODE_IMAGES, "controller"))
-    model = await stack.stand_in_model()
-    hub = stack.start_hf_hub(model, host=address)
-    stack.start_kube_proxy()
+    state, say = stack.state, stack.say
     t0 = time.monotonic()
     say("booting the system node (real kubelet, no GPU, AKS system-pool labels)")
-    system = await asyncio.to_thread(boot_system_node, state, registry)
-    say(f"system node {system} Ready after {time.monotonic() - t0:.1f}s")
-    arm_env = stack.start_aks_emulator(
-        create_latency=0.5, registry=registry, extra=("--host", address)
+    system = await asyncio.to_thread(
+        boot_system_node, state, real.registry, cluster_dns=real.cluster_dns
     )
+    say(f"system node {system} Ready after {time.monotonic() - t0:.1f}s")
     overlay = write_overlay(
         Path(state.data_dir) / "kaito-install",
-        registry=registry,
+        registry=real.registry,
         tag=tag or project_version(),
-        hf_endpoint=hub,
-        arm_env=arm_env,
+        workspace_controller=real.workspace_controller_settings(),
+        arm_env=real.arm_env,
     )
     say(f"kubectl apply -k {overlay} (deploy/ with this machine's registry and emulators)")
     t0 = time.monotonic()
@@ -410,22 +401,7 @@ async def start_in_cluster(
     say(f"kubectl get pods -n {NAMESPACE} (installed in {time.monotonic() - t0:.1f}s):")
     for line in pods.splitlines():
         say(f"  {line}")
-    info = {
-        "nodes": "real",
-        "controllers": "in-cluster",
-        "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
-        "registry": registry,
-        "images": images,
-        "hf_endpoint": hub,
-        "node_dir": str(stack.node_dir),
-        "system_node": system,
-        "overlay": str(overlay),
-        "install_seconds": dict(installed),
-        "logs": str(stack.logs),
-        "ports": stack.ports,
-    }
-    (Path(state.data_dir) / "stack.json").write_text(json.dumps(info, indent=2))
-    return info
+    return {"system_node": system, "overlay": str(overlay), "install_seconds": dict(installed)}
 
 
 def stop_system_node(state_dir: Path) -> list[str]:

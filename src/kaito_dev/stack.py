@@ -44,7 +44,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,11 @@ class Stack:
         """Where the AKS emulator's real nodes keep their state (`node_dir_for`)."""
         return node_dir_for(self.dir)
 
-    def start_workspace_controller(self, kubeconfig: str, extra: Sequence[str] = ()) -> None:
+    def start_workspace_controller(
+        self, kubeconfig: str, *, settings: Mapping[str, str] | None = None
+    ) -> None:
         """The workspace controller with its webhook registered for the local apiserver;
-        ``extra``: more flags (``--image-registry``, ``--hf-endpoint``)."""
+        ``settings``: environment its flags default from (``KAITO_IMAGE_REGISTRY``, ...)."""
         self.say(
             "starting the workspace controller with its validating webhook "
             "(as ServiceAccount kaito-system/kaito-workspace-controller)"
@@ -245,9 +248,9 @@ class Stack:
                 "workspace-controller", f"--metrics-bind-address=127.0.0.1:{metrics}",
                 f"--health-probe-bind-address=127.0.0.1:{probes}",
                 "--webhook-bind-address=127.0.0.1:0", "--webhook-cert-secret=",
-                "--webhook-url=https://127.0.0.1:{port}/validate/workspaces", *extra,
+                "--webhook-url=https://127.0.0.1:{port}/validate/workspaces",
             ],
-            self.identity_env(kubeconfig),
+            {**self.identity_env(kubeconfig), **(settings or {})},
         )  # fmt: skip
         self.wait_for("the workspace controller's /readyz", lambda: _http_ok(probes), pid,
                       timeout=60)  # fmt: skip
@@ -425,6 +428,62 @@ class Stack:
         self.say(f"cluster DNS at {address}:53: pods resolve <svc>.<ns>.svc.cluster.local")
         return address
 
+    async def apply_identities(self) -> dict[str, str]:
+        """CRDs, deploy/'s namespace, ServiceAccounts and RBAC, for controllers that run as
+        host processes; returns each controller's ServiceAccount kubeconfig."""
+        ids = self.dir / "identities"
+        ids.mkdir(exist_ok=True)
+        async with Client(await ClientConfig.from_kubeconfig(self.state.kubeconfig)) as client:
+            crds = await install_crds(client)
+            self.say(f"installed CRDs: {', '.join(crds)}")
+            await asyncio.to_thread(identities.apply_identities, self.state.kubeconfig)
+            self.say("applied deploy/'s namespace, ServiceAccounts and RBAC")
+            return {
+                ident.component: await identities.service_account_kubeconfig(
+                    client, self.state.kubeconfig, ident, ids / f"{ident.component}.kubeconfig"
+                )
+                for ident in identities.CONTROLLERS
+            }
+
+    async def start_real_nodes(self, *, in_cluster: bool = False) -> RealNodes:
+        """Everything real nodes need, whoever runs the controllers: the host prepared, the
+        registry and its pod listener, the images (``controller`` too when it runs
+        ``in_cluster``), the hub, kube-proxy, the cluster DNS and the AKS emulator booting
+        real nodes (listening where pods reach it when the controllers are pods)."""
+        self.prepare_real_nodes()
+        storage = cache_dir() / "registry"
+        registry = self.start_registry(storage=storage)
+        pod_registry = self.start_pod_registry(storage=storage)
+        names = (*NODE_IMAGES, "controller") if in_cluster else NODE_IMAGES
+        images = await asyncio.to_thread(self.build_images, registry, names)
+        address = pod_reachable_address()
+        hub = self.start_hf_hub(await self.stand_in_model(), host=address)
+        self.start_kube_proxy()
+        dns = self.start_cluster_dns()
+        arm_env = self.start_aks_emulator(
+            create_latency=0.5,
+            registry=registry,
+            mirror_for=[pod_registry],
+            cluster_dns=dns,
+            extra=("--host", address) if in_cluster else (),
+        )
+        return RealNodes(
+            registry=registry,
+            pod_registry=pod_registry,
+            pod_registry_config=str(self.pod_registry_config),
+            images=images,
+            hf_endpoint=hub,
+            cluster_dns=dns,
+            arm_env=arm_env,
+            node_dir=str(self.node_dir),
+        )
+
+    def record(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Write ``stack.json`` (``info`` plus the logs' folder and the ports) and return it."""
+        info = {**info, "logs": str(self.logs), "ports": self.ports}
+        (self.dir / "stack.json").write_text(json.dumps(info, indent=2))
+        return info
+
 
 NODE_IMAGES = ("inference", "tuning", "curl")
 LOCAL_REVISION = "local"
@@ -509,28 +568,17 @@ async def start_stack(
         raise ValueError(f"nodes: {nodes!r} is not one of real, agent")
     if controllers not in CONTROLLER_MODES:
         raise ValueError(f"controllers: {controllers!r} is not one of process, in-cluster")
-    if controllers == "in-cluster":
-        if nodes != "real":
-            raise ValueError("controllers: in-cluster needs nodes: real (pods need a kubelet)")
-        from kaito_dev.incluster import start_in_cluster
-
-        return await start_in_cluster(state, say=say)
-    ids = Path(state.data_dir) / "identities"
-    ids.mkdir(exist_ok=True)
-    async with Client(await ClientConfig.from_kubeconfig(state.kubeconfig)) as client:
-        crds = await install_crds(client)
-        say(f"installed CRDs: {', '.join(crds)}")
-        identities.apply_identities(state.kubeconfig)
-        say("applied deploy/'s namespace, ServiceAccounts and RBAC")
-        kubeconfigs = {
-            ident.component: await identities.service_account_kubeconfig(
-                client, state.kubeconfig, ident, ids / f"{ident.component}.kubeconfig"
-            )
-            for ident in identities.CONTROLLERS
-        }
+    if controllers == "in-cluster" and nodes != "real":
+        raise ValueError("controllers: in-cluster needs nodes: real (pods need a kubelet)")
     stack = Stack(state, say=say)
-    images: dict[str, str] = {}
-    pod_registry = ""
+    if nodes == "real":
+        real = await stack.start_real_nodes(in_cluster=controllers == "in-cluster")
+        if controllers == "in-cluster":
+            from kaito_dev.incluster import install_in_cluster
+
+            installed = await install_in_cluster(stack, real)
+            return stack.record(real.info(controllers="in-cluster", **installed))
+    kubeconfigs = await stack.apply_identities()
     if nodes == "agent":
         registry = stack.start_registry()
         arm_env = stack.start_aks_emulator(create_latency=0.5)
@@ -538,38 +586,59 @@ async def start_stack(
         stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
         stack.start_workspace_controller(kubeconfigs["workspace-controller"])
         stack.start_node_agent(hub)
-    else:
-        stack.prepare_real_nodes()
-        registry = stack.start_registry(storage=cache_dir() / "registry")
-        pod_registry = stack.start_pod_registry(storage=cache_dir() / "registry")
-        images = await asyncio.to_thread(stack.build_images, registry)
-        model = await stack.stand_in_model()
-        hub = stack.start_hf_hub(model, host=pod_reachable_address())
-        stack.start_kube_proxy()
-        dns = stack.start_cluster_dns()
-        arm_env = stack.start_aks_emulator(
-            create_latency=0.5, registry=registry, mirror_for=[pod_registry], cluster_dns=dns
+        return stack.record(
+            {"nodes": "agent", "controllers": "process", "arm_base_url": arm_env["ARM_BASE_URL"],
+             "registry": registry, "hf_endpoint": hub}
+        )  # fmt: skip
+    stack.start_gpu_provisioner(real.arm_env, kubeconfigs["gpu-provisioner"])
+    stack.start_workspace_controller(
+        kubeconfigs["workspace-controller"], settings=real.workspace_controller_settings()
+    )
+    return stack.record(real.info(controllers="process"))
+
+
+@dataclass(frozen=True)
+class RealNodes:
+    """What `Stack.start_real_nodes` started: the parts both controller modes share."""
+
+    registry: str
+    """The anonymous registry on the host's loopback (the nodes' containerd pull there)."""
+    pod_registry: str
+    """The authenticated listener pods reach (`Stack.start_pod_registry`)."""
+    pod_registry_config: str
+    images: dict[str, str]
+    hf_endpoint: str
+    cluster_dns: str
+    arm_env: dict[str, str]
+    node_dir: str
+
+    def workspace_controller_settings(self) -> dict[str, str]:
+        """The workspace controller's settings for this machine, as the environment its
+        flags default from: a process gets them in its environment, the in-cluster
+        install in its ConfigMap (`kaito_dev.incluster.write_overlay`)."""
+        from kaito.controllers.workspace.cli import (
+            HF_ENDPOINT_ENV,
+            IMAGE_REGISTRY_ENV,
+            PLAIN_HTTP_REGISTRIES_ENV,
         )
-        stack.start_gpu_provisioner(arm_env, kubeconfigs["gpu-provisioner"])
-        stack.start_workspace_controller(
-            kubeconfigs["workspace-controller"],
-            [
-                f"--image-registry={registry}",
-                f"--hf-endpoint={hub}",
-                f"--plain-http-registry={pod_registry}",
-            ],
-        )
-    info = {
-        "nodes": nodes,
-        "arm_base_url": arm_env.get("ARM_BASE_URL", ""),
-        "registry": registry,
-        "pod_registry": pod_registry,
-        "pod_registry_config": str(stack.pod_registry_config) if pod_registry else "",
-        "images": images,
-        "hf_endpoint": hub,
-        "node_dir": str(stack.node_dir),
-        "logs": str(stack.logs),
-        "ports": stack.ports,
-    }
-    (Path(state.data_dir) / "stack.json").write_text(json.dumps(info, indent=2))
-    return info
+
+        return {
+            IMAGE_REGISTRY_ENV: self.registry,
+            HF_ENDPOINT_ENV: self.hf_endpoint,
+            PLAIN_HTTP_REGISTRIES_ENV: self.pod_registry,
+        }
+
+    def info(self, **more: Any) -> dict[str, Any]:
+        """``stack.json``'s content (what the demo and the tests read)."""
+        return {
+            "nodes": "real",
+            "arm_base_url": self.arm_env.get("ARM_BASE_URL", ""),
+            "registry": self.registry,
+            "pod_registry": self.pod_registry,
+            "pod_registry_config": self.pod_registry_config,
+            "images": self.images,
+            "hf_endpoint": self.hf_endpoint,
+            "cluster_dns": self.cluster_dns,
+            "node_dir": self.node_dir,
+            **more,
+        }

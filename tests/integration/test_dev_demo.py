@@ -1,9 +1,11 @@
 """The README's main command, `make demo` (= `kaito dev demo`), works and cleans up.
 
 Runs the real command as a subprocess in its own state directory (its own control
-plane, registry, AKS emulator, Hugging Face hub emulator, kube-proxy, gpu-provisioner
-and workspace controller under their ServiceAccounts), with ``--down`` so it tears
-itself down. The AKS emulator boots the GPU pool's VM as a REAL node (containerd +
+plane, registry, AKS emulator, Hugging Face hub emulator, kube-proxy, cluster DNS), with
+``--down`` so it tears itself down. KAITO is installed as users install it: ``kubectl
+apply -k`` of deploy/ (a local overlay), both controllers' two replicas running as pods
+of our controller image on a real system node, and the summary lists them (``kubectl
+get pods -n kaito-system``). The AKS emulator boots the GPU pool's VM as a REAL node (containerd +
 kubelet 1.20 + the emulated-GPU device plugin); the kubelet pulls our inference image
 from the stack's registry, runs the pod's ``fetch-weights`` init container (the real
 fetcher, which downloads phi-3's repo at the preset's pinned revision from the hub
@@ -79,7 +81,17 @@ def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
         if not pids and "stack is up" in line and state_file.exists():
             pids = json.loads(state_file.read_text())["pids"]
     assert proc.wait(timeout=900) == 0, out
-    assert "applied deploy/'s namespace, ServiceAccounts and RBAC" in out, out
+    assert re.search(r"kubectl apply -k \S+/kaito-install", out), out
+    assert re.search(r"both controllers' 2 replicas Ready after [\d.]+s", out), out
+    # The summary's kubectl get pods -n kaito-system: 2 + 2 pods Running from our image.
+    listed = re.findall(
+        r"\] +((?:gpu-provisioner|kaito-workspace-controller)-\S+) +(\S+) +(\S+) +\S+ +(aks-system-\S+)",
+        out.split("the controllers, installed by kubectl apply -k")[-1],
+    )
+    assert len(listed) == 4, out
+    assert all(phase == "Running" for _, phase, _, _ in listed), listed
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+/kaito-python/controller:[\w.-]+", i)
+               for _, _, i, _ in listed), listed  # fmt: skip
     assert "Machine Ready: AKS agent pool provisioned" in out, out
     assert "kube-scheduler bound workspace-phi-3-mini-" in out, out
     for cond in ("ResourceReady", "InferenceReady", "WorkspaceReady"):
@@ -132,12 +144,13 @@ def test_make_demo_serves_the_quick_start_workspace_answers_chat_and_tears_down(
         "registry",
         "aks-emulator",
         "hf-hub",
-        "gpu-provisioner",
-        "workspace-controller",
         "kube-proxy",
+        "cluster-dns",
     }
     assert set(pids) >= expected, pids
-    assert "node-agent" not in pids, pids
+    # The controllers are pods, not host processes; no node agent either.
+    assert not {"node-agent", "gpu-provisioner", "workspace-controller"} & set(pids), pids
+    assert "stopped system node aks-system-" in out, out
     assert "stopped real node aks-" in out, out
     assert not [name for name, pid in pids.items() if _alive(pid)], "processes left running"
     assert _processes_under(state_dir) == [], "a node or a container outlived the demo"

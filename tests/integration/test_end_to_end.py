@@ -28,8 +28,11 @@
    them left on the host; `kaito dev down` then finds nothing left either (no node
    state, containers, cgroups, bridges, ``KUBE-*`` chains; the host's sysctls back).
 
-The controllers run as processes authenticated as their deploy/ ServiceAccounts, so
-every API call of the path is checked against the shipped RBAC.
+The controllers run as users run them: `kaito dev up` installs them with ``kubectl apply
+-k`` of deploy/ (a local overlay) as two leader-elected replicas each, pods of our
+controller image on a real system node, reaching the apiserver the in-cluster way with
+their ServiceAccounts' tokens; so every API call of the path is checked against the
+shipped RBAC, and Prometheus scrapes the controllers' pods.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from kaito.runtime.resource import (
     SERVICES,
 )
 from kaito_dev.controlplane import ControlPlaneState
+from kaito_dev.incluster import controller_pods
 from kaito_dev.realnode import hoststate
 from kaito_dev.realnode.node import RUN_ROOT
 from kaito_dev.stack import node_dir_for, read_env_file
@@ -360,13 +364,15 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     assert plain != tuned, "the adapter should change the answer"
     await assert_fetched_once_per_node(state, client, pod, job)
 
-    # 3. A real Prometheus scrapes both controllers and the inference server.
-    ports = json.loads((Path(state.data_dir) / "stack.json").read_text())["ports"]
+    # 3. A real Prometheus scrapes both controllers' pods and the inference server.
     targets = {
-        "gpu-provisioner": [f"127.0.0.1:{ports['gpu-provisioner-metrics']}"],
-        "workspace-controller": [f"127.0.0.1:{ports['workspace-controller-metrics']}"],
-        "inference": [f"{pod['status']['podIP']}:5000"],
+        job: [f"{p['status']['podIP']}:8080" for p in await controller_pods(client, deployment)]
+        for job, deployment in (
+            ("gpu-provisioner", "gpu-provisioner"),
+            ("workspace-controller", "kaito-workspace-controller"),
+        )
     }
+    targets["inference"] = [f"{pod['status']['podIP']}:5000"]
     with start_prometheus(targets, tmp_path / "prometheus") as prom:
         reconciles = await prom.wait_for_series_async(
             "count by (job) (controller_runtime_reconcile_total)", timeout=60, min_count=2
@@ -393,7 +399,6 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
         left: dict[str, list[str]] = {}
         for res, ns in (
             (MACHINES, None),
-            (NODES, None),
             (PODS, NS),
             (DEPLOYMENTS, NS),
             (JOBS, NS),
@@ -408,6 +413,13 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
         ]
         if services:
             left["Service"] = services
+        gpu_nodes = [  # the system node, where the controllers run, stays
+            n["metadata"]["name"]
+            for n in await client.list_all(NODES)
+            if n["metadata"].get("labels", {}).get("kubernetes.azure.com/mode") != "system"
+        ]
+        if gpu_nodes:
+            left["Node"] = gpu_nodes
         return left
 
     left = await poll_until(leftovers, lambda x: not x, timeout=180, what="workload garbage")

@@ -5,6 +5,7 @@ the control plane's flags for pods."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,13 @@ def arm_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+WORKSPACE_CONTROLLER = {
+    "KAITO_IMAGE_REGISTRY": "127.0.0.1:5000",
+    "KAITO_HF_ENDPOINT": "http://192.0.2.2:8000",
+    "KAITO_PLAIN_HTTP_REGISTRIES": "192.0.2.2:5001",
+}
+
+
 def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
@@ -55,7 +63,7 @@ def test_the_overlay_changes_only_the_local_settings_of_deploy(tmp_path: Path) -
         tmp_path / "dev" / "kaito-install",
         registry="127.0.0.1:5000",
         tag="0.1.0-next",
-        hf_endpoint="http://192.0.2.2:8000",
+        workspace_controller=WORKSPACE_CONTROLLER,
         arm_env=arm_env(tmp_path),
     )
     base, local = render(ROOT / "deploy"), render(overlay)
@@ -74,10 +82,7 @@ def test_the_overlay_changes_only_the_local_settings_of_deploy(tmp_path: Path) -
         for d in local
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("kaito-workspace-")
     )
-    assert settings["data"] == {
-        "KAITO_IMAGE_REGISTRY": "127.0.0.1:5000",
-        "KAITO_HF_ENDPOINT": "http://192.0.2.2:8000",
-    }
+    assert settings["data"] == WORKSPACE_CONTROLLER
     config = objs[("ConfigMap", "gpu-provisioner")]["data"]
     assert config["ARM_BASE_URL"] == "https://192.0.2.2:4443"
     assert config["ARM_CA_BUNDLE"] == f"{ARM_CA_MOUNT}/ca.crt"
@@ -102,6 +107,51 @@ def test_the_overlay_changes_only_the_local_settings_of_deploy(tmp_path: Path) -
     (base_container,) = base_provisioner["containers"]
     for key in ("command", "securityContext", "livenessProbe", "readinessProbe", "ports"):
         assert container[key] == base_container[key], key
+
+
+def test_the_readmes_install_overlay_is_the_form_the_local_cluster_applies(
+    tmp_path: Path,
+) -> None:
+    """The README's ``my-kaito/kustomization.yaml`` renders against deploy/ as it says, and
+    sets the image and the workspace controller's settings the same way as the overlay
+    `kaito dev up` applies (same image entry, same ConfigMap merge)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# my-kaito/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    mine = yaml.safe_load(block)
+    assert mine["resources"] == ["../deploy"]
+    mine["resources"] = [os.path.relpath(ROOT / "deploy", tmp_path / "my-kaito")]
+    (tmp_path / "my-kaito").mkdir()
+    (tmp_path / "my-kaito" / "kustomization.yaml").write_text(yaml.safe_dump(mine))
+    rendered = by_kind(render(tmp_path / "my-kaito"))
+    for name in ("gpu-provisioner", "kaito-workspace-controller"):
+        (container,) = rendered[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == "myacr.azurecr.io/kaito-python/controller:0.1.0"
+    (settings,) = [
+        d for kind, n in rendered if kind == "ConfigMap"
+        and n.startswith("kaito-workspace-controller-config")
+        for d in [rendered[(kind, n)]]
+    ]  # fmt: skip
+    assert settings["data"]["KAITO_IMAGE_REGISTRY"] == "myacr.azurecr.io"
+
+    local = yaml.safe_load(
+        (
+            write_overlay(
+                tmp_path / "dev" / "kaito-install",
+                registry="127.0.0.1:5000",
+                tag="0.1.0",
+                workspace_controller=WORKSPACE_CONTROLLER,
+                arm_env=arm_env(tmp_path),
+            )
+            / "kustomization.yaml"
+        ).read_text()
+    )
+    assert [i["name"] for i in local["images"]] == [i["name"] for i in mine["images"]]
+    (generator,) = [
+        g for g in local["configMapGenerator"] if g["name"] == "kaito-workspace-controller-config"
+    ]
+    assert {k: generator[k] for k in ("namespace", "behavior")} == {
+        k: mine["configMapGenerator"][0][k] for k in ("namespace", "behavior")
+    }
 
 
 def test_the_system_node_looks_like_an_aks_system_pool_and_lives_apart(tmp_path: Path) -> None:
