@@ -22,6 +22,11 @@ Nodes (``nodes=``):
   containerd): Node objects only, and the node agent (`kaito_dev.nodeagent`) plays the
   kubelet, running the pods' commands as local processes (argv rewritten for CPU).
 
+The controllers (``controllers=``): ``in-cluster`` installs them as users do, ``kubectl
+apply -k`` of deploy/ onto a real system node (`kaito_dev.incluster`; ``kaito dev up``'s
+default with real nodes), or ``process`` runs both as host processes authenticated as
+their ServiceAccounts. Both share the real-node setup (`Stack.start_real_nodes`).
+
 The hub emulator serves the tiny stand-in model under every preset's repo at the
 preset's pinned revision (`kaito_dev.hfhub.presets`), and the ``fetch-weights`` init
 containers download from it: the weights take the real fetch path, only the bytes are

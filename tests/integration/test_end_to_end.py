@@ -121,6 +121,34 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client
         assert {n: hoststate.read_sysctl(n) for n in hoststate.SYSCTLS} == sysctls
 
 
+def service_path(state: ControlPlaneState, svc: Obj, pod: Obj) -> str:
+    """What stands between a client and ``pod`` behind ``svc``: the Services and endpoints,
+    kube-proxy's NAT rules for the ClusterIP, and the pod asked directly."""
+    ip, pod_ip = svc["spec"]["clusterIP"], pod["status"]["podIP"]
+    out = []
+    for argv in (
+        ["kubectl", f"--kubeconfig={state.kubeconfig}", "get", "svc,ep,pods", "-A", "-o", "wide"],
+        ["iptables-save", "-t", "nat"],
+        ["curl", "-sS", "-i", "--max-time", "5", f"http://{pod_ip}:5000/v1/models"],
+    ):
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        text = run.stdout + run.stderr
+        if argv[0] == "iptables-save":
+            text = "\n".join(ln for ln in text.splitlines() if ip in ln or "KUBE-SEP" in ln)
+        out.append(f"$ {' '.join(argv)}\n{text}")
+    return "\n".join(out)
+
+
+async def gpu_nodes(client: Client) -> list[str]:
+    """The Nodes of KAITO's agent pools: all but the system node, where the controllers
+    run (and which stays until `kaito dev down`)."""
+    return [
+        n["metadata"]["name"]
+        for n in await client.list_all(NODES)
+        if n["metadata"].get("labels", {}).get("kubernetes.azure.com/mode") != "system"
+    ]
+
+
 def workspace(name: str, **section: Any) -> Obj:
     return {
         "apiVersion": WORKSPACES_V1ALPHA1.api_version,
@@ -358,6 +386,9 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     svc = await client.get(SERVICES, "serve-tiny", NS)
     base = f"http://{svc['spec']['clusterIP']}:80"
     async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
+        if resp.status != 200:  # seen once (a 404 without a body): say what answered
+            print(resp.status, dict(resp.headers), await resp.text())
+            print(await asyncio.to_thread(service_path, state, svc, pod))
         models = [m["id"] for m in (await resp.json())["data"]]
     assert models == [PRESET, ADAPTER], models
     plain, tuned = await chat(base, PRESET), await chat(base, ADAPTER)
@@ -413,13 +444,8 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
         ]
         if services:
             left["Service"] = services
-        gpu_nodes = [  # the system node, where the controllers run, stays
-            n["metadata"]["name"]
-            for n in await client.list_all(NODES)
-            if n["metadata"].get("labels", {}).get("kubernetes.azure.com/mode") != "system"
-        ]
-        if gpu_nodes:
-            left["Node"] = gpu_nodes
+        if nodes := await gpu_nodes(client):
+            left["Node"] = nodes
         return left
 
     left = await poll_until(leftovers, lambda x: not x, timeout=180, what="workload garbage")

@@ -39,7 +39,6 @@ from kaito.api.workspace import MODEL_ACCESS_SECRET_KEY, WORKSPACES_V1ALPHA1
 from kaito.runtime.client import Client
 from kaito.runtime.resource import (
     DEPLOYMENTS,
-    NODES,
     PODS,
     SECRETS,
     SERVICES,
@@ -53,6 +52,7 @@ from tests.integration.test_end_to_end import (  # the same `kaito dev up` / `do
     agent_pools,
     conditions,
     get_ws,
+    gpu_nodes,
     stack,  # noqa: F401
 )
 
@@ -235,8 +235,7 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
 
     async def leftovers() -> dict[str, list[str]]:
         left: dict[str, list[str]] = {}
-        for res, ns in ((MACHINES, None), (NODES, None), (PODS, NS), (DEPLOYMENTS, NS),
-                        (STATEFULSETS, NS)):  # fmt: skip
+        for res, ns in ((MACHINES, None), (PODS, NS), (DEPLOYMENTS, NS), (STATEFULSETS, NS)):
             names = [o["metadata"]["name"] for o in await client.list_all(res, ns)]
             if names:
                 left[res.kind] = names
@@ -247,6 +246,8 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
         ]
         if services:
             left["Service"] = services
+        if nodes := await gpu_nodes(client):
+            left["Node"] = nodes
         return left
 
     assert await poll_until(leftovers, lambda x: not x, timeout=240, what="garbage") == {}
