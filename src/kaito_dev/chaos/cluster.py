@@ -116,8 +116,8 @@ class ChaosCluster:
         self.arm_env: dict[str, str] = {}
         self._expected: dict[str, int] = {}
         """Controller pod name -> the restarts the plan caused (kills)."""
-        self._killed: dict[str, tuple[str, int, str]] = {}
-        """Controller -> (pod, its restartCount, the Lease holder) at the last kill."""
+        self._killed: dict[str, tuple[str, int, str, float]] = {}
+        """Controller -> (pod, its restartCount, the Lease holder, when) at the last kill."""
         self._crashed: set[str] = set()
 
     @property
@@ -264,7 +264,7 @@ class ChaosCluster:
         restarts = _restarts(pod)
         os.kill(pid, signal.SIGKILL)
         self._expected[name] = max(self._expected.get(name, 0), restarts) + 1
-        self._killed[component] = (name, restarts, holder or "")
+        self._killed[component] = (name, restarts, holder or "", time.monotonic())
         self.say(f"  SIGKILLed {component} leader {name} (host pid {pid})")
 
     def _container_pid(self, container_id: str) -> int:
@@ -289,8 +289,10 @@ class ChaosCluster:
         """The Deployment back at two Ready replicas, the killed container restarted, and
         the Lease held by a live process (not the killed one): every part runs again."""
         ctl = CONTROLLERS[component]
-        killed, restarts, holder = self._killed.pop(component, ("", 0, ""))
+        t0 = time.monotonic()
+        killed, restarts, holder, t0 = self._killed.pop(component, ("", 0, "", t0))
         deadline = time.monotonic() + RESTART_TIMEOUT
+        marks: dict[str, float] = {}
         while True:
             with contextlib.suppress(ControlPlaneError, subprocess.TimeoutExpired):
                 pods = self._pods(ctl.deployment)
@@ -298,6 +300,9 @@ class ChaosCluster:
                 back = killed not in pods or _restarts(pods[killed]) > restarts
                 now = self._holder(ctl.lease)
                 led = bool(now) and now != holder and now.rsplit("_", 1)[0] in pods
+                for mark, reached in (("leader", led), ("Ready", ready and back)):
+                    if reached:
+                        marks.setdefault(mark, time.monotonic() - t0)
                 if ready and back and led:
                     break
             if time.monotonic() > deadline:
@@ -306,6 +311,11 @@ class ChaosCluster:
                     f"{RESTART_TIMEOUT:g}s"
                 )
             time.sleep(0.3)
+        self.say(
+            f"  {component} back: {now.rsplit('_', 1)[0]} leads "
+            f"{marks['leader']:.1f}s, both replicas Ready {marks['Ready']:.1f}s after "
+            + ("the kill" if killed else "the scale-up / crash")
+        )
         if component in self._crashed:  # reported by `alive`: counted from now on
             self._crashed.discard(component)
             self._expected.update({n: _restarts(p) for n, p in pods.items()})
