@@ -162,13 +162,15 @@ class ChaosCluster:
     def stop(self) -> list[str]:
         """Stop everything and restore the host; what was left behind (empty: nothing)."""
         left: list[str] = []
-        if self.state is not None:
-            stop_pids({n: p for n, p in self.state.pids.items() if n not in CONTROL_PLANE})
-            left += incluster.stop_system_node(self.data_dir)
-        self.control_plane.stop()
-        if self.host is not None:
-            self.host.restore()
-            left += [f"host: {x}" for x in self.host.leftovers()]
+        try:
+            if self.state is not None:
+                stop_pids({n: p for n, p in self.state.pids.items() if n not in CONTROL_PLANE})
+                left += incluster.stop_system_node(self.data_dir)
+            self.control_plane.stop()
+        finally:
+            if self.host is not None:  # after the kubelet and kube-proxy (they re-add chains)
+                self.host.restore()
+                left += [f"host: {x}" for x in self.host.leftovers()]
         return left
 
     # -- kill and restart ---------------------------------------------------------------------
