@@ -175,8 +175,11 @@ def write_overlay(
     tag: str,
     workspace_controller: Mapping[str, str],
     arm_env: dict[str, str],
+    provisioner_settings: dict[str, str] | None = None,
 ) -> Path:
-    """The local overlay of ``deploy/`` (see the module docstring); returns its folder."""
+    """The local overlay of ``deploy/`` (see the module docstring); returns its folder.
+    ``provisioner_settings``: more of the gpu-provisioner's ConfigMap (its environment,
+    e.g. the chaos run's short ``REGISTRATION_TIMEOUT_SECONDS``)."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(arm_env["ARM_CA_BUNDLE"], directory / "ca.crt")
     provisioner_config = {
@@ -187,6 +190,7 @@ def write_overlay(
         "AZURE_CLUSTER_NAME": arm_env["AZURE_CLUSTER_NAME"],
         "LOCATION": arm_env["LOCATION"],
         "ARM_POLLING_INTERVAL": "0.2",
+        **(provisioner_settings or {}),
     }
     provisioner_patch = {
         "apiVersion": "apps/v1",

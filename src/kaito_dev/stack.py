@@ -351,9 +351,10 @@ class Stack:
         self.ports["hf-hub"] = int(url.rsplit(":", 1)[1])
         return url
 
-    def start_node_agent(self, hf_endpoint: str) -> None:
+    def start_node_agent(self, hf_endpoint: str, *, node_selector: str = "") -> None:
         """The kubelet stand-in: runs pods bound to the emulated GPU nodes as processes;
-        their weights fetches download from ``hf_endpoint``."""
+        their weights fetches download from ``hf_endpoint``. ``node_selector``: which Nodes
+        it serves (default: every AKS agent pool's)."""
         self.say(
             "starting the node agent (runs the inference and tuning pods on CPU; weights "
             "fetches download from the hub emulator)"
@@ -363,7 +364,8 @@ class Stack:
             ["dev", "node-agent", "--kubeconfig", self.state.kubeconfig,
              "--state-dir", str(self.dir / "node-agent"), "--restart-backoff", "2",
              "--model-dir", str(stand_in_model_dir()), "--prepare-model",
-             "--hf-endpoint", hf_endpoint],
+             "--hf-endpoint", hf_endpoint,
+             *(["--node-selector", node_selector] if node_selector else [])],
         )  # fmt: skip
         time.sleep(0.5)
         self.wait_for("the node agent to start", lambda: True, pid, timeout=5)

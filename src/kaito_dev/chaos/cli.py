@@ -1,11 +1,12 @@
 """``kaito dev chaos --seed S --cycles N --profile short|long``: one chaos run.
 
-Starts its own local stack in ``--dir`` (a fresh control plane and every component;
-`kaito_dev.chaos.cluster`), prints the plan (`schedule.render`) so a failing seed can be
-replayed, runs it with a progress line per step, writes the markdown report to ``--out``
-(default ``.kaito/chaos.md``) and exits 1 when any cycle failed to converge within its
-bound, anything leaked or was duplicated, a stall showed no reason, or a component
-crashed.
+Starts its own local stack in ``--dir`` (a fresh control plane, the controllers installed
+in it as pods on a real system node, the emulators; `kaito_dev.chaos.cluster`; it needs
+root, as real nodes do, and stops all of it and restores the host at the end), prints
+the plan (`schedule.render`) so a failing seed can be replayed, runs it with a progress
+line per step, writes the markdown report to ``--out`` (default ``.kaito/chaos.md``) and
+exits 1 when any cycle failed to converge within its bound, anything leaked (on the host
+at the end too) or was duplicated, a stall showed no reason, or a component crashed.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ async def _run(args: argparse.Namespace, seed: int, profile_name: str, steps: li
             run = ChaosRun(cluster, client, seed=seed, profile=PROFILES[profile_name], say=say)
             report = await run.run(steps)
     finally:
-        say("stopping the stack")
-        cluster.stop()
+        say("stopping the stack (the system node too) and restoring the host")
+        left = cluster.stop()
+        if left:
+            say("LEFT BEHIND:\n  " + "\n  ".join(left))
+    report.leaks += left
     text = report.markdown()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

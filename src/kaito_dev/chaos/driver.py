@@ -31,7 +31,7 @@ from kaito.controllers.workspace.nodes.machines import machine_name
 from kaito.runtime.client import Client
 from kaito.runtime.errors import AlreadyExists, NotFound
 from kaito.runtime.meta import Obj
-from kaito_dev.chaos.cluster import ChaosCluster
+from kaito_dev.chaos.cluster import CONTROLLERS, ChaosCluster
 from kaito_dev.chaos.observe import (
     NS,
     UNAVAILABLE,
@@ -43,6 +43,7 @@ from kaito_dev.chaos.observe import (
     unexplained,
 )
 from kaito_dev.chaos.schedule import Cycle, Kill, Profile, Storm
+from kaito_dev.controlplane import ControlPlaneError
 
 __all__ = ["STORM_REASONS", "ChaosRun", "CycleResult", "Report"]
 
@@ -191,6 +192,9 @@ class _Phase:
     is the outage, which the report lists as a kill)."""
     converged: bool = False
     invisible_since: float | None = None
+    down: bool = False
+    """A killed component is not back yet (a controller: until its Deployment is Ready
+    and a live replica leads, which takes up to the Lease's 15 s): no stall is judged."""
 
 
 class ChaosRun:
@@ -250,7 +254,7 @@ class ChaosRun:
         if cycle.storm is not None:
             storm_task = asyncio.create_task(self._storm(cycle.storm, names, result))
 
-        self._phase = _Phase(cycle, "create", time.monotonic())
+        self._phase = _Phase(cycle, "create", time.monotonic(), down=bool(cycle.webhook_down))
         if cycle.webhook_down:
             await self._webhook_outage(cycle, result)
         t0 = time.monotonic()
@@ -297,7 +301,7 @@ class ChaosRun:
             result.delete_seconds = round(time.monotonic() - t1, 1)
         if kill_task is not None:
             await kill_task
-        self._check_alive(result)
+        await self._check_alive(result)
         return result
 
     async def _storm(self, storm: Storm, pools: list[str], result: CycleResult) -> None:
@@ -333,9 +337,14 @@ class ChaosRun:
             )
 
     async def _webhook_outage(self, cycle: Cycle, result: CycleResult) -> None:
-        """The webhook's server dead: every create is refused until it is back."""
-        self.say(f"  webhook down: killing the workspace controller for {cycle.webhook_down:g}s")
-        self.cluster.kill("workspace-controller")
+        """The webhook's server gone: every create is refused until it is back."""
+        self.say(
+            f"  webhook down: the workspace controller scaled to 0 for {cycle.webhook_down:g}s"
+        )
+        try:
+            await asyncio.to_thread(self.cluster.webhook_down)
+        except ControlPlaneError as e:
+            result.problems.append(f"webhook outage: {e}")
         until = time.monotonic() + cycle.webhook_down
         while time.monotonic() < until:
             try:
@@ -346,9 +355,13 @@ class ChaosRun:
                 result.webhook_refusals += 1
             else:
                 result.problems.append("a create was admitted while the webhook was down")
-                return
+                break
             await asyncio.sleep(0.3)
-        self.cluster.restart("workspace-controller")
+        self.say("  webhook back: the workspace controller scaled to 2")
+        try:
+            await asyncio.to_thread(self.cluster.webhook_up)
+        except ControlPlaneError as e:
+            result.problems.append(f"webhook outage: {e}")
         if self._phase is not None:
             self._phase.started = time.monotonic()
 
@@ -361,21 +374,31 @@ class ChaosRun:
         async def strike() -> None:
             await asyncio.sleep(kill.after)
             self.say(f"  SIGKILL {kill.component} ({kill.after:g}s into {phase})")
-            await asyncio.to_thread(self.cluster.kill, kill.component)
-            await asyncio.sleep(kill.down)
-            self.say(f"  restarting {kill.component} after {kill.down:g}s down")
-            await asyncio.to_thread(self.cluster.restart, kill.component)
+            if self._phase is not None and self._phase.phase == phase:
+                self._phase.down = True
+            try:
+                await asyncio.to_thread(self.cluster.kill, kill.component)
+                await asyncio.sleep(kill.down)
+                if kill.component in CONTROLLERS:
+                    self.say(f"  waiting for {kill.component}: its pods Ready, a leader")
+                else:
+                    self.say(f"  restarting {kill.component} after {kill.down:g}s down")
+                await asyncio.to_thread(self.cluster.restart, kill.component)
+            except ControlPlaneError as e:
+                result.problems.append(f"kill of {kill.component}: {e}")
             if self._phase is not None and self._phase.phase == phase:
                 self._phase.started = time.monotonic()
+                self._phase.down = False
 
         return asyncio.create_task(strike(), name=f"kill {kill.component}")
 
-    def _check_alive(self, result: CycleResult) -> None:
-        for name, alive in self.cluster.alive().items():
+    async def _check_alive(self, result: CycleResult) -> None:
+        for name, alive in (await asyncio.to_thread(self.cluster.alive)).items():
             if not alive:
-                tail = self.cluster.log(name).read_text(errors="replace")[-1500:]
+                log = await asyncio.to_thread(self.cluster.log, name)
+                tail = log.read_text(errors="replace")[-1500:]
                 result.problems.append(f"{name} exited on its own:\n{tail}")
-                self.cluster.restart(name)
+                await asyncio.to_thread(self.cluster.restart, name)
 
     # -- the Workspace --------------------------------------------------------------------
 
@@ -483,7 +506,7 @@ class ChaosRun:
         for u in unexplained(sample):
             self._once(self.report.unexplained, f"cycle {cycle.index}: {u}")
         elapsed = time.monotonic() - phase.started
-        if phase.converged or elapsed < STALL_GRACE or sample.workspaces is None:
+        if phase.converged or phase.down or elapsed < STALL_GRACE or sample.workspaces is None:
             return
         visible, _ = stall_visible(sample, cycle.workspace, phase.phase)
         if visible:

@@ -13,6 +13,9 @@ judgements are pure functions of a sample:
   reason on itself or its Machines;
 - `leftovers`: what of a deleted Workspace is still anywhere (apiserver objects, agent
   pools, Nodes, the node agent's pod folders).
+
+Nodes are the user pools' (`GPU_NODES`): the system node, which runs the controllers,
+is no Workspace's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from kaito.runtime.resource import (
     SERVICES,
     STATEFULSETS,
 )
-from kaito_dev.chaos.cluster import ChaosCluster
+from kaito_dev.chaos.cluster import GPU_NODES, ChaosCluster
 
 __all__ = ["NS", "Observer", "Sample", "conditions", "duplicates", "stall_visible", "unexplained"]
 
@@ -194,7 +197,7 @@ class Observer:
     async def sample(self, t: float) -> Sample:
         workspaces = await _read(self.client.list_all(WORKSPACES_V1ALPHA1, NS))
         machines = await _read(self.client.list_all(MACHINES))
-        nodes = await _read(self.client.list_all(NODES, label_selector=AGENTPOOL_LABEL))
+        nodes = await _read(self.client.list_all(NODES, label_selector=GPU_NODES))
         state = await _thread(self.cluster.emulator_state)
         pools = None if state is None else dict(state["pools"])
         s = Sample(
@@ -223,7 +226,7 @@ class Observer:
                 for obj in await self.client.list_all(resource, NS, label_selector=selector):
                     out.append(f"{kind} {obj['metadata']['name']}")
             pools = set(machine_names)
-            for node in await self.client.list_all(NODES, label_selector=AGENTPOOL_LABEL):
+            for node in await self.client.list_all(NODES, label_selector=GPU_NODES):
                 if node["metadata"]["labels"][AGENTPOOL_LABEL] in pools:
                     out.append(f"Node {node['metadata']['name']}")
         except UNAVAILABLE:
@@ -247,7 +250,7 @@ class Observer:
             for kind, resource in WORKLOADS.items():
                 for obj in await self.client.list_all(resource, NS, label_selector=WS_LABEL):
                     out.append(f"{kind} {obj['metadata']['name']}")
-            for node in await self.client.list_all(NODES, label_selector=AGENTPOOL_LABEL):
+            for node in await self.client.list_all(NODES, label_selector=GPU_NODES):
                 out.append(f"Node {node['metadata']['name']}")
         except UNAVAILABLE:
             return None

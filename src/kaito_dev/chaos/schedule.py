@@ -5,12 +5,13 @@ deletes it and waits until nothing of it is left. Into that it mixes, as the see
 decides:
 
 - a **kill**: SIGKILL one component (`COMPONENTS`) ``after`` seconds into the create or
-  the delete phase, leave it down ``down`` seconds, start it again;
+  the delete phase, leave it down ``down`` seconds, start it again (a controller: its
+  leader pod's container, which the kubelet restarts; `kaito_dev.chaos.cluster`);
 - an ARM **fault storm** (`STORMS`): the emulator answers every matching request of the
   cycle's agent pools with the fault for ``seconds``, then the fault is cleared;
 - the **webhook unavailable**: the workspace controller (which serves the validating
-  webhook, ``failurePolicy: Fail``) is killed before the create, the create is tried
-  and refused for ``seconds``, the controller started again, the create retried.
+  webhook, ``failurePolicy: Fail``) is scaled to zero before the create, the create is
+  tried and refused for ``seconds``, the controller scaled back, the create retried.
 
 Every kill target and storm kind is dealt round-robin from a seeded shuffle, so a run
 of at least ``len(COMPONENTS)`` cycles kills each component and one of ``len(STORMS)``
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 __all__ = ["COMPONENTS", "PROFILES", "STORMS", "Cycle", "Kill", "Profile", "Storm", "plan"]
 
 COMPONENTS = ("workspace-controller", "gpu-provisioner", "kube-apiserver", "etcd", "aks-emulator")
-"""The processes a kill may hit."""
+"""What a kill may hit (the controllers: their leader pod's container)."""
 
 STORMS = ("throttle", "server-error", "failed-lro", "operation-not-allowed", "node-never-joins")
 """The ARM fault kinds a storm may inject (`kaito_dev.aks.faults.FaultKind` values)."""
@@ -114,7 +115,7 @@ def plan(seed: int, cycles: int, profile: Profile) -> list[Cycle]:
         if rng.random() < profile.storm_rate:
             storm = Storm(next(storms), round(rng.uniform(5.0, 9.0), 1))
         drawn.append((rng.choice((1, 2)), kill, storm))
-    # The webhook outage is a kill of the workspace controller of its own: never in a
+    # The webhook outage takes the workspace controller away on its own: never in a
     # cycle that kills the controller again.
     eligible = [
         i for i, (_, kill, _) in enumerate(drawn)
