@@ -252,6 +252,15 @@ async def new_leader(client: Client, lease: str, old: str, fault_at: float) -> t
         await asyncio.sleep(0.1)
 
 
+async def renewed(client: Client, lease: str) -> None:
+    """Until ``lease``'s holder renews it (its renewTime changes)."""
+    first = (await client.get(LEASES, lease, incluster.NAMESPACE))["spec"].get("renewTime")
+    deadline = time.monotonic() + 2 * LEASE
+    while (await client.get(LEASES, lease, incluster.NAMESPACE))["spec"].get("renewTime") == first:
+        assert time.monotonic() < deadline, f"{lease}: not renewed since {first}"
+        await asyncio.sleep(0.05)
+
+
 async def restarted(client: Client, pod: str, restarts: int, timeout: float = 60) -> Obj:
     """Until the pod's container restarted (``restartCount`` > ``restarts``); its status."""
     deadline = time.monotonic() + timeout
@@ -423,19 +432,24 @@ async def checks(state: ControlPlaneState, prev: dict[str, Any], tmp: Path, say:
             status = container(await pod_named(client, pod_of[lease]))
             restarts[lease] = status.get("restartCount", 0)
             pids[lease] = incluster.container_pid(Path(state.data_dir), status["containerID"])
-        stopped_at = {}
-        for lease in leases:
-            stopped_at[lease] = time.time()
+        resumed_at: dict[str, float] = {}
+
+        async def pause(lease: str) -> tuple[str, float]:
+            # Stopped just before a renewal is due, and resumed as soon as the Lease is
+            # taken: the kubelet's liveness probe (3 x 10 s, 1 s timeout) kills a stopped
+            # container 21-31 s after the stop, and the exit must be the controller's own.
+            await renewed(client, lease)
+            await asyncio.sleep(RETRY * 0.75)
+            stopped_at = time.time()
             os.kill(pids[lease], signal.SIGSTOP)
-        say(f"SIGSTOP {', '.join(f'{pod_of[x]} (pid {pids[x]})' for x in leases)}")
-        try:
-            taken = await asyncio.gather(
-                *(new_leader(client, x, old[x], stopped_at[x]) for x in leases)
-            )
-        finally:
-            resumed_at = time.time()
-            for lease in leases:
+            say(f"SIGSTOP {pod_of[lease]} (pid {pids[lease]}), {lease}'s leader")
+            try:
+                return await new_leader(client, lease, old[lease], stopped_at)
+            finally:
+                resumed_at[lease] = time.time()
                 os.kill(pids[lease], signal.SIGCONT)
+
+        taken = await asyncio.gather(*(pause(x) for x in leases))
         new_ids = {lease: identity for lease, (identity, _) in zip(leases, taken, strict=True)}
         for lease, (identity, took) in zip(leases, taken, strict=True):
             say(f"measured: {lease} SIGSTOP: {old[lease]} -> {identity}, acquireTime "
@@ -460,7 +474,7 @@ async def checks(state: ControlPlaneState, prev: dict[str, Any], tmp: Path, say:
                 audit, lease, old[lease], new_ids[lease], may_write=WEBHOOK_SETUP
             )
             assert unrenewed >= LEASE - 0.01, f"{lease}: taken over after {unrenewed:.3f}s"
-            assert resumed_at > acquired_at
+            assert resumed_at[lease] > acquired_at
             late = writes_after(audit, old[lease], acquired_at)
             assert late == [], f"{old[lease]} wrote after losing the lease: {late}"
 
