@@ -477,6 +477,9 @@ async def checks(state: ControlPlaneState, prev: dict[str, Any], tmp: Path, say:
             assert resumed_at[lease] > acquired_at
             late = writes_after(audit, old[lease], acquired_at)
             assert late == [], f"{old[lease]} wrote after losing the lease: {late}"
+            say(f"audit log: {lease}'s old leader last renewed {unrenewed:.1f}s before the "
+                f"takeover, resumed {resumed_at[lease] - acquired_at:.1f}s after it, and "
+                "sent no write after it")  # fmt: skip
 
         # -- failover 3: SIGKILL each leader's process ---------------------------------------
         old = {lease: await holder_identity(client, lease) for lease in leases}
