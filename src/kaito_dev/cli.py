@@ -44,6 +44,7 @@ def add_commands(sub: Any) -> None:
     )
     _nodes_argument(up)
     _controllers_argument(up)
+    _audit_argument(up)
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the local cluster and delete its data")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -55,6 +56,7 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--down", action="store_true", help="tear everything down at the end")
     _nodes_argument(demo)
     _controllers_argument(demo)
+    _audit_argument(demo)
     demo.set_defaults(func=cmd_demo)
     status = sub.add_parser("status", help="print the running cluster's state")
     status.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -127,6 +129,15 @@ def controllers_mode(args: argparse.Namespace) -> str:
     return chosen
 
 
+def _audit_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="the apiserver writes an audit log of every write request (<dir>/audit.log, "
+        "with each sender's User-Agent): tests prove with it who wrote what, and when",
+    )
+
+
 def _progress(t0: float) -> Any:
     def say(msg: str) -> None:
         print(f"[kaito dev {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
@@ -150,9 +161,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             from kaito_dev.stack import pod_reachable_address
 
             pod_address = pod_reachable_address()  # in-cluster config reaches it there
-        state = ControlPlane(state_dir, real_nodes=real, pod_address=pod_address).start(
-            progress=say
-        )
+        state = ControlPlane(
+            state_dir, real_nodes=real, pod_address=pod_address, audit=args.audit
+        ).start(progress=say)
         info = asyncio.run(start_stack(state, say=say, nodes=args.nodes, controllers=controllers))
     except (RuntimeError, OSError, ValueError) as e:  # ControlPlaneError, NodeBootError
         say(f"FAILED: {e}")

@@ -467,8 +467,20 @@ class Builder:
         flags = [f"--volume={src}:{dst}:ro" for src, dst in sorted(mounts.items())]
         return flags, f"{BUILD_MOUNT}/pip.conf"
 
-    def build(self, spec: ImageSpec, *, base: str, version: str, revision: str) -> str:
-        local = f"localhost/kaito-python/{spec.name}:{version}"
+    def build(
+        self,
+        spec: ImageSpec,
+        *,
+        base: str,
+        version: str,
+        revision: str,
+        root: Path = REPO_ROOT,
+        tag: str | None = None,
+    ) -> str:
+        """Build ``spec`` from the tree at ``root`` (default this checkout; another one, e.g.
+        an earlier commit's, for upgrade tests) as ``localhost/kaito-python/<name>:<tag>``
+        (default ``version``); returns that name."""
+        local = f"localhost/kaito-python/{spec.name}:{tag or version}"
         volumes, pip_conf = self.pip_mounts()
         labels = {
             "org.opencontainers.image.title": f"kaito-{spec.name}",
@@ -490,14 +502,14 @@ class Builder:
             str(self.policy),
             "--pull=never",
             "-f",
-            str(REPO_ROOT / spec.dockerfile),
+            str(root / spec.dockerfile),
             "-t",
             local,
             *volumes,
             *(f"--build-arg={k}={v}" for k, v in args.items()),
             *(f"--label={k}={v}" for k, v in labels.items()),
-            *(f"--build-context={k}={REPO_ROOT / v}" for k, v in spec.contexts.items()),
-            str(REPO_ROOT / spec.context),
+            *(f"--build-context={k}={root / v}" for k, v in spec.contexts.items()),
+            str(root / spec.context),
         ]
         shown = ", ".join(f"{k}={v}" for k, v in args.items())
         self.say(f"build {spec.name}: {spec.dockerfile} ({shown})")

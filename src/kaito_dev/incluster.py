@@ -176,10 +176,12 @@ def write_overlay(
     workspace_controller: Mapping[str, str],
     arm_env: dict[str, str],
     provisioner_settings: dict[str, str] | None = None,
+    deploy: Path = DEPLOY,
 ) -> Path:
-    """The local overlay of ``deploy/`` (see the module docstring); returns its folder.
-    ``provisioner_settings``: more of the gpu-provisioner's ConfigMap (its environment,
-    e.g. the chaos run's short ``REGISTRATION_TIMEOUT_SECONDS``)."""
+    """The local overlay of ``deploy`` (this checkout's ``deploy/``, or another tree's for
+    upgrade tests; see the module docstring); returns its folder. ``provisioner_settings``:
+    more of the gpu-provisioner's ConfigMap (its environment, e.g. the chaos run's short
+    ``REGISTRATION_TIMEOUT_SECONDS``)."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(arm_env["ARM_CA_BUNDLE"], directory / "ca.crt")
     provisioner_config = {
@@ -221,7 +223,7 @@ def write_overlay(
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [os.path.relpath(DEPLOY, directory)],
+        "resources": [os.path.relpath(deploy, directory)],
         "images": [
             {"name": BASE_IMAGE, "newName": f"{registry}/kaito-python/controller", "newTag": tag}
         ],
@@ -431,3 +433,29 @@ async def node_of(client: Client, name: str) -> Obj | None:
         return await client.get(NODES, name)
     except NotFound:
         return None
+
+
+def container_pid(state_dir: Path, container_id: str) -> int:
+    """The host PID of a container's process on the system node, for faults a test injects
+    with signals (SIGSTOP, SIGKILL). ``container_id`` as a pod's status gives it
+    (``containerd://<id>``); the node's containerd answers (``ctr tasks ls``), and the
+    process's cgroup must name the container."""
+    from kaito_dev.realnode import RealNode
+
+    cid = container_id.removeprefix("containerd://")
+    node = RealNode.load(system_node_dir_for(state_dir) / system_node_name(state_dir))
+    proc = subprocess.run(
+        ["ctr", "--address", node.socket, "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"ctr tasks ls on {node.name}: {proc.stderr.strip()}")
+    pids = [int(f[1]) for f in (ln.split() for ln in proc.stdout.splitlines()) if f and f[0] == cid]
+    if len(pids) != 1:
+        raise ControlPlaneError(f"container {cid} is not running on {node.name}:\n{proc.stdout}")
+    if cid not in Path(f"/proc/{pids[0]}/cgroup").read_text():
+        raise ControlPlaneError(f"pid {pids[0]} is not in container {cid}'s cgroup")
+    return pids[0]

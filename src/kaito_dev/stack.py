@@ -647,5 +647,6 @@ class RealNodes:
             "hf_endpoint": self.hf_endpoint,
             "cluster_dns": self.cluster_dns,
             "node_dir": self.node_dir,
+            "workspace_controller": self.workspace_controller_settings(),
             **more,
         }

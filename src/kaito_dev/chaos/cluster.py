@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kaito.controllers.workspace.cli import HF_ENDPOINT_ENV
 from kaito.runtime.client import Client, ClientConfig
 from kaito_dev import incluster
 from kaito_dev.controlplane import (
@@ -149,7 +150,7 @@ class ChaosCluster:
             self.data_dir / "kaito-install",
             registry=registry,
             tag=project_version(),
-            hf_endpoint=hub,
+            workspace_controller={HF_ENDPOINT_ENV: hub},
             arm_env=self.arm_env,
             provisioner_settings=PROVISIONER_ENV,
         )

@@ -40,7 +40,6 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +52,27 @@ from kaito.runtime.errors import NotFound
 from kaito.runtime.resource import LEASES, NAMESPACES, NODES
 from kaito_dev.aks.nodes import node_resource_group
 from kaito_dev.controlplane import ControlPlaneState, free_port
+from tests.integration.leader_audit import (
+    by_agent,
+    ok,
+    read_audit,
+    takeover,
+    takeover_bound,
+    ts,
+    writes_after,
+)
 
 from .conftest import IMAGE_REGISTRY, is_true
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 
-LEASE, RENEW, RETRY, JITTER = 8.0, 6.0, 1.0, 1.2
+LEASE, RENEW, RETRY = 8.0, 6.0, 1.0
 """Short but not tight: with a 3 s renew deadline a leader on a busy 2-core machine (load
 15 while other suites ran) lost its lease without any fault injected."""
 SLACK = 3.0
 """Scheduling slack on a loaded 2-core machine (five Python processes), for bounds only."""
-TAKEOVER_BOUND = LEASE + 2 * (1 + JITTER) * RETRY + SLACK
-"""Fault -> new holder's acquire. A follower sees the last renewal at its next poll (at
-most (1+jitter) x retry after it), waits the lease duration from then on its own clock,
-and takes over at the poll after that (another (1+jitter) x retry at most)."""
+TAKEOVER_BOUND = takeover_bound(LEASE, RETRY, SLACK)
+"""Fault -> new holder's acquire (`takeover_bound`)."""
 LEASE_FLAGS = [
     f"--leader-elect-lease-duration={LEASE:g}s",
     f"--leader-elect-renew-deadline={RENEW:g}s",
@@ -74,11 +80,6 @@ LEASE_FLAGS = [
 ]
 
 Obj = dict[str, Any]
-
-
-def _ts(micro_time: str) -> float:
-    """Epoch seconds of a Kubernetes (Micro)Time or an ISO log timestamp."""
-    return datetime.fromisoformat(micro_time.replace("Z", "+00:00")).timestamp()
 
 
 class Replica:
@@ -260,9 +261,9 @@ class Failover:
     def row(self, audit: list[Obj]) -> dict[str, Any]:
         started = self.new.first("controllers started")
         writes = [
-            _ts(e["requestReceivedTimestamp"])
+            ts(e["requestReceivedTimestamp"])
             for e in by_agent(audit, self.new.identity)
-            if e["objectRef"].get("resource") != "leases" and _ok(e)
+            if e["objectRef"].get("resource") != "leases" and ok(e)
         ]
         first_write = min((t for t in writes if t >= self.fault_at), default=None)
         return {
@@ -270,35 +271,10 @@ class Failover:
             "controller": self.ctrl.component,
             "to_acquire_s": round(self.acquire_time - self.fault_at, 2),
             "to_controllers_started_s": (
-                round(_ts(started["timestamp"]) - self.fault_at, 2) if started else None
+                round(ts(started["timestamp"]) - self.fault_at, 2) if started else None
             ),
             "to_first_write_s": round(first_write - self.fault_at, 2) if first_write else None,
         }
-
-
-def read_audit(path: str, identities: set[str]) -> list[Obj]:
-    """The audit events of the requests sent by these identities (their User-Agent)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if any(i in line for i in identities):
-                event = json.loads(line)
-                if str(event.get("userAgent", "")).rsplit(" ", 1)[-1] in identities:
-                    out.append(event)
-    return out
-
-
-def by_agent(audit: list[Obj], identity: str) -> list[Obj]:
-    return [e for e in audit if str(e.get("userAgent", "")).endswith(" " + identity)]
-
-
-def _ok(event: Obj) -> bool:
-    return int(event.get("responseStatus", {}).get("code", 0)) < 300
-
-
-def _is_lease(event: Obj, ctrl: Controller) -> bool:
-    ref = event.get("objectRef") or {}
-    return bool(ref.get("resource") == "leases" and ref.get("name") == ctrl.component)
 
 
 def _exists(path: Path) -> bool:
@@ -479,34 +455,13 @@ async def test_leader_failover_pause_and_kill_with_two_replicas_of_each_controll
         rows = []
         for f in (*paused, *killed):
             rows.append(f.row(audit))
-            new_writes = by_agent(audit, f.new.identity)
-            acquired = min(
-                (e for e in new_writes if _is_lease(e, f.ctrl) and _ok(e)),
-                key=lambda e: _ts(e["requestReceivedTimestamp"]),
-            )
-            acquired_at = _ts(acquired["requestReceivedTimestamp"])
             # As a follower the new leader wrote nothing but its attempt(s) at the Lease.
-            before = [
-                e
-                for e in new_writes
-                if _ts(e["requestReceivedTimestamp"]) < acquired_at and not _is_lease(e, f.ctrl)
-            ]
-            assert before == [], f"{f.new.name} wrote as a follower: {before}"
-            old_writes = by_agent(audit, f.old.identity)
-            renewals = [
-                _ts(e["requestReceivedTimestamp"])
-                for e in old_writes
-                if _is_lease(e, f.ctrl) and _ok(e)
-            ]
-            assert renewals, f"no Lease write by {f.old.name} in the audit log"
-            unrenewed = acquired_at - max(r for r in renewals if r < acquired_at)
+            acquired_at, unrenewed = takeover(
+                audit, f.ctrl.component, f.old.identity, f.new.identity
+            )
             assert unrenewed >= LEASE - 0.01, f"{f.new.name} took over after {unrenewed:.3f}s"
             if f.step == "SIGSTOP":
-                late = [
-                    (e["verb"], e["requestURI"], e["responseStatus"].get("code"))
-                    for e in old_writes
-                    if _ts(e["requestReceivedTimestamp"]) >= acquired_at
-                ]
+                late = writes_after(audit, f.old.identity, acquired_at)
                 assert late == [], f"{f.old.name} wrote after losing the lease: {late}"
                 assert resumed_at[f.old.name] > acquired_at
             assert f.acquire_time - f.fault_at <= TAKEOVER_BOUND
@@ -539,7 +494,7 @@ async def test_leader_failover_pause_and_kill_with_two_replicas_of_each_controll
 async def take_over(client: Client, f: Failover) -> None:
     """Wait until ``f.new`` holds the Lease; note its acquireTime."""
     await f.ctrl.leader(client, [f.new])
-    f.acquire_time = _ts((await f.ctrl.lease(client))["acquireTime"])
+    f.acquire_time = ts((await f.ctrl.lease(client))["acquireTime"])
 
 
 def _read_env(path: Path) -> dict[str, str]:
