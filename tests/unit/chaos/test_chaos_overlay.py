@@ -17,7 +17,7 @@ def test_the_chaos_settings_are_in_the_provisioners_configmap(tmp_path: Path) ->
         tmp_path / "kaito-install",
         registry="127.0.0.1:5000",
         tag="0.1.0",
-        hf_endpoint="http://192.0.2.2:8000",
+        workspace_controller={"KAITO_HF_ENDPOINT": "http://192.0.2.2:8000"},
         arm_env=arm_env(tmp_path),
         provisioner_settings=PROVISIONER_ENV,
     )
