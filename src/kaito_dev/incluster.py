@@ -38,7 +38,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -47,9 +47,6 @@ from kaito.runtime.errors import ApiError, NotFound
 from kaito.runtime.meta import Obj
 from kaito.runtime.resource import DEPLOYMENTS, LEASES, NODES, PODS, Resource
 from kaito_dev.controlplane import REPO_ROOT, ControlPlaneError, ControlPlaneState
-
-if TYPE_CHECKING:
-    from kaito_dev.stack import RealNodes, Stack
 
 __all__ = [
     "CONTROLLER_DEPLOYMENTS",
@@ -375,26 +372,32 @@ async def _get_or_none(client: Client, resource: Resource, name: str) -> Obj | N
 
 
 async def install_in_cluster(
-    stack: Stack, real: RealNodes, *, tag: str | None = None
+    state: ControlPlaneState,
+    *,
+    say: Callable[[str], None],
+    registry: str,
+    workspace_controller: Mapping[str, str],
+    arm_env: dict[str, str],
+    cluster_dns: str = "",
+    provisioner_settings: dict[str, str] | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Boot the system node and install KAITO on it with ``kubectl apply -k`` (see the
-    module docstring), beside the real nodes `Stack.start_real_nodes` started; returns
-    the system node's name, the overlay's folder and the install's timings."""
+    module docstring; the arguments are `write_overlay`'s); returns the system node's
+    name, the overlay's folder and the install's timings."""
     from kaito_dev.images import project_version
 
-    state, say = stack.state, stack.say
     t0 = time.monotonic()
     say("booting the system node (real kubelet, no GPU, AKS system-pool labels)")
-    system = await asyncio.to_thread(
-        boot_system_node, state, real.registry, cluster_dns=real.cluster_dns
-    )
+    system = await asyncio.to_thread(boot_system_node, state, registry, cluster_dns=cluster_dns)
     say(f"system node {system} Ready after {time.monotonic() - t0:.1f}s")
     overlay = write_overlay(
         Path(state.data_dir) / "kaito-install",
-        registry=real.registry,
+        registry=registry,
         tag=tag or project_version(),
-        workspace_controller=real.workspace_controller_settings(),
-        arm_env=real.arm_env,
+        workspace_controller=workspace_controller,
+        arm_env=arm_env,
+        provisioner_settings=provisioner_settings,
     )
     say(f"kubectl apply -k {overlay} (deploy/ with this machine's registry and emulators)")
     t0 = time.monotonic()

@@ -583,7 +583,14 @@ async def start_stack(
         if controllers == "in-cluster":
             from kaito_dev.incluster import install_in_cluster
 
-            installed = await install_in_cluster(stack, real)
+            installed = await install_in_cluster(
+                state,
+                say=say,
+                registry=real.registry,
+                workspace_controller=real.workspace_controller_settings(),
+                arm_env=real.arm_env,
+                cluster_dns=real.cluster_dns,
+            )
             return stack.record(real.info(controllers="in-cluster", **installed))
     kubeconfigs = await stack.apply_identities()
     if nodes == "agent":

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from kaito.controllers.workspace.cli import HF_ENDPOINT_ENV
-from kaito.runtime.client import Client, ClientConfig
 from kaito_dev import incluster
 from kaito_dev.controlplane import (
     ControlPlane,
@@ -134,30 +133,21 @@ class ChaosCluster:
         await asyncio.to_thread(stack.build_images, registry, ("controller",))
         hub = stack.start_hf_hub(await stack.stand_in_model(), host=self.address)
         stack.start_kube_proxy()
-        t0 = time.monotonic()
-        self.say("booting the system node (real kubelet, no GPU, AKS system-pool labels)")
-        self.system_node = await asyncio.to_thread(incluster.boot_system_node, self.state, registry)
-        self.say(f"system node {self.system_node} Ready after {time.monotonic() - t0:.1f}s")
         self.arm_env = await asyncio.to_thread(
             stack.start_aks_emulator,
             create_latency=0.5,
             port=free_port(),
             extra=("--host", self.address, *EMULATOR_ARGS),
         )
-        from kaito_dev.images import project_version
-
-        overlay = incluster.write_overlay(
-            self.data_dir / "kaito-install",
+        installed = await incluster.install_in_cluster(
+            self.state,
+            say=self.say,
             registry=registry,
-            tag=project_version(),
             workspace_controller={HF_ENDPOINT_ENV: hub},
             arm_env=self.arm_env,
             provisioner_settings=PROVISIONER_ENV,
         )
-        self.say(f"kubectl apply -k {overlay} (deploy/ with the chaos run's settings)")
-        await asyncio.to_thread(incluster.apply_overlay, self.state.kubeconfig, overlay)
-        async with Client(await ClientConfig.from_kubeconfig(self.state.kubeconfig)) as client:
-            await incluster.wait_installed(client, say=self.say)
+        self.system_node = installed["system_node"]
         stack.start_node_agent(hub, node_selector=GPU_NODES)
 
     def stop(self) -> list[str]:
