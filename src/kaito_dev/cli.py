@@ -296,25 +296,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _stop_real_nodes(state_dir: Path) -> list[str]:
     """Stop every real node of the stack (what the AKS emulator booted); return what any
     of them left on the host."""
-    from kaito_dev.realnode import NodeLeftovers, RealNode, check_torn_down, stop
+    from kaito_dev.realnode import stop_and_check_all
     from kaito_dev.stack import NODES_ROOT, node_dir_for
 
     node_dir = node_dir_for(state_dir)
     if not node_dir.is_dir():
         return []
-
-    left = []
-    for record in sorted(node_dir.glob("*/state.json")):
-        node = RealNode.load(record.parent)
-        stop(node)
-        try:
-            check_torn_down(node)
-        except NodeLeftovers as e:
-            left.append(str(e))
-        print(f"stopped real node {node.name}")
-    import shutil
-
-    shutil.rmtree(node_dir, ignore_errors=True)
+    left = stop_and_check_all(node_dir, say=lambda name: print(f"stopped real node {name}"))
     with contextlib.suppress(OSError):
         NODES_ROOT.rmdir()  # only when no other stack uses it
     return left

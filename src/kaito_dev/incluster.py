@@ -415,20 +415,11 @@ async def install_in_cluster(
 
 def stop_system_node(state_dir: Path) -> list[str]:
     """Stop the system node (its pods: the controllers); return what it left behind."""
-    from kaito_dev.realnode import NodeLeftovers, RealNode, check_torn_down, stop
+    from kaito_dev.realnode import stop_and_check_all
 
-    base = system_node_dir_for(state_dir)
-    left = []
-    for record in sorted(base.glob("*/state.json")):
-        node = RealNode.load(record.parent)
-        stop(node)
-        try:
-            check_torn_down(node)
-        except NodeLeftovers as e:
-            left.append(str(e))
-        print(f"stopped system node {node.name}")
-    shutil.rmtree(base, ignore_errors=True)
-    return left
+    return stop_and_check_all(
+        system_node_dir_for(state_dir), say=lambda name: print(f"stopped system node {name}")
+    )
 
 
 async def node_of(client: Client, name: str) -> Obj | None:

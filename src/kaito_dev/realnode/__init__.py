@@ -25,6 +25,7 @@ from kaito_dev.realnode.node import (
     leftovers,
     stop,
     stop_all,
+    stop_and_check_all,
     wait_ready,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "push_tiny",
     "stop",
     "stop_all",
+    "stop_and_check_all",
     "wait_ready",
 ]

@@ -52,7 +52,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -672,6 +672,22 @@ def check_torn_down(node: RealNode, *, timeout: float = 10.0) -> None:
         time.sleep(0.2)
     if left:
         raise NodeLeftovers(f"node {node.name} left: " + "; ".join(left))
+
+
+def stop_and_check_all(base_dir: Path, *, say: Callable[[str], None]) -> list[str]:
+    """Stop every node with a ``state.json`` under ``base_dir``, check each left nothing on
+    the host (`check_torn_down`), and remove the folder; return what any of them left."""
+    left = []
+    for record in sorted(base_dir.glob("*/state.json")):
+        node = RealNode.load(record.parent)
+        stop(node)
+        try:
+            check_torn_down(node)
+        except NodeLeftovers as e:
+            left.append(str(e))
+        say(node.name)
+    shutil.rmtree(base_dir, ignore_errors=True)
+    return left
 
 
 def stop_all(base_dir: Path) -> list[str]:
