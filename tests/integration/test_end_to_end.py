@@ -63,6 +63,7 @@ from kaito.runtime.resource import (
     PODS,
     SECRETS,
     SERVICES,
+    Resource,
 )
 from kaito_dev.controlplane import ControlPlaneState
 from kaito_dev.incluster import controller_pods
@@ -147,6 +148,21 @@ async def gpu_nodes(client: Client) -> list[str]:
         for n in await client.list_all(NODES)
         if n["metadata"].get("labels", {}).get("kubernetes.azure.com/mode") != "system"
     ]
+
+
+async def leftovers(client: Client, *workloads: Resource) -> dict[str, list[str]]:
+    """What of KAITO's objects is left in the cluster, by kind: Machines, GPU Nodes, pods,
+    Deployments, Services (but ``kubernetes``) and the ``workloads`` kinds named."""
+    left: dict[str, list[str]] = {}
+    for res, ns in ((MACHINES, None), (PODS, NS), (DEPLOYMENTS, NS), *((w, NS) for w in workloads)):
+        if names := [o["metadata"]["name"] for o in await client.list_all(res, ns)]:
+            left[res.kind] = names
+    services = [s["metadata"]["name"] for s in await client.list_all(SERVICES, NS)]
+    if services := [name for name in services if name != "kubernetes"]:
+        left["Service"] = services
+    if nodes := await gpu_nodes(client):
+        left["Node"] = nodes
+    return left
 
 
 def workspace(name: str, **section: Any) -> Obj:
@@ -426,29 +442,9 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
             what=f"{name} deleted",
         )
 
-    async def leftovers() -> dict[str, list[str]]:
-        left: dict[str, list[str]] = {}
-        for res, ns in (
-            (MACHINES, None),
-            (PODS, NS),
-            (DEPLOYMENTS, NS),
-            (JOBS, NS),
-        ):
-            names = [o["metadata"]["name"] for o in await client.list_all(res, ns)]
-            if names:
-                left[res.kind] = names
-        services = [
-            s["metadata"]["name"]
-            for s in await client.list_all(SERVICES, NS)
-            if s["metadata"]["name"] != "kubernetes"
-        ]
-        if services:
-            left["Service"] = services
-        if nodes := await gpu_nodes(client):
-            left["Node"] = nodes
-        return left
-
-    left = await poll_until(leftovers, lambda x: not x, timeout=180, what="workload garbage")
+    left = await poll_until(
+        lambda: leftovers(client, JOBS), lambda x: not x, timeout=180, what="workload garbage"
+    )
     assert left == {}
     assert agent_pools(state) == []
     # The pools' VMs are gone too: the emulator stopped them and checked the host.

@@ -34,11 +34,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kaito.api.machine import MACHINES
 from kaito.api.workspace import MODEL_ACCESS_SECRET_KEY, WORKSPACES_V1ALPHA1
 from kaito.runtime.client import Client
 from kaito.runtime.resource import (
-    DEPLOYMENTS,
     PODS,
     SECRETS,
     SERVICES,
@@ -52,7 +50,7 @@ from tests.integration.test_end_to_end import (  # the same `kaito dev up` / `do
     agent_pools,
     conditions,
     get_ws,
-    gpu_nodes,
+    leftovers,
     stack,  # noqa: F401
 )
 
@@ -233,24 +231,10 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
             what=f"{name} deleted",
         )
 
-    async def leftovers() -> dict[str, list[str]]:
-        left: dict[str, list[str]] = {}
-        for res, ns in ((MACHINES, None), (PODS, NS), (DEPLOYMENTS, NS), (STATEFULSETS, NS)):
-            names = [o["metadata"]["name"] for o in await client.list_all(res, ns)]
-            if names:
-                left[res.kind] = names
-        services = [
-            s["metadata"]["name"]
-            for s in await client.list_all(SERVICES, NS)
-            if s["metadata"]["name"] != "kubernetes"
-        ]
-        if services:
-            left["Service"] = services
-        if nodes := await gpu_nodes(client):
-            left["Node"] = nodes
-        return left
-
-    assert await poll_until(leftovers, lambda x: not x, timeout=240, what="garbage") == {}
+    left = await poll_until(
+        lambda: leftovers(client, STATEFULSETS), lambda x: not x, timeout=240, what="garbage"
+    )
+    assert left == {}
     assert agent_pools(state) == []
     assert not list(node_dir_for(Path(state.data_dir)).glob("*/state.json"))
     await client.get(SECRETS, "hf-token", NS)  # the user's Secret stays (NotFound otherwise)
