@@ -252,31 +252,12 @@ class ChaosCluster:
             time.sleep(0.2)
         assert pod is not None
         name = pod["metadata"]["name"]
-        container_id = str(status["containerID"]).split("://", 1)[-1]
-        pid = self._container_pid(container_id)
+        pid = incluster.container_pid(self.data_dir, str(status["containerID"]))
         restarts = _restarts(pod)
         os.kill(pid, signal.SIGKILL)
         self._expected[name] = max(self._expected.get(name, 0), restarts) + 1
         self._killed[component] = (name, restarts, holder or "", time.monotonic())
         self.say(f"  SIGKILLed {component} leader {name} (host pid {pid})")
-
-    def _container_pid(self, container_id: str) -> int:
-        """The host PID of a container's main process, as the system node's containerd
-        knows it (``ctr task ls``: containerd runs in the host's PID namespace)."""
-        from kaito_dev.realnode import RealNode
-
-        node = RealNode.load(incluster.system_node_dir_for(self.data_dir) / self.system_node)
-        proc = subprocess.run(
-            ["ctr", "--address", node.socket, "-n", "k8s.io", "task", "ls"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        for line in proc.stdout.splitlines():
-            fields = line.split()
-            if fields and fields[0] == container_id:
-                return int(fields[1])
-        raise ControlPlaneError(
-            f"container {container_id} has no task on {node.name}: {proc.stdout}{proc.stderr}"
-        )
 
     def _wait_restarted(self, component: str) -> None:
         """The Deployment back at two Ready replicas, the killed container restarted, and
