@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .DEFAULT_GOAL := setup
 include mk/inference.mk
 
-.PHONY: setup control-plane node-tools images test test-unit lint fmt demo demo-down bench-runtime bench-workspace chaos clean
+.PHONY: setup control-plane node-tools images test test-multinode test-unit lint fmt demo demo-down bench-runtime bench-workspace chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "[setup] creating $(VENV) and installing kaito with dev dependencies"
@@ -36,8 +36,13 @@ images: $(STAMP)
 	$(BIN)/kaito dev images $(if $(REGISTRY),--registry $(REGISTRY))
 
 test: setup $(INF_STAMP)
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests -m "not multinode"
 	$(MAKE) test-inference
+
+# One model split across two real nodes (issue 15, ~10 min). Not in `make test`: after
+# its worker pod is deleted the group did not always come back (see README, Multi-node).
+test-multinode: setup $(INF_STAMP)
+	$(BIN)/pytest tests -m multinode
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit

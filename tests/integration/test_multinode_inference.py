@@ -146,6 +146,7 @@ async def group_pods(client: Client) -> list[Obj]:
 
 
 @pytest.mark.realnodes
+@pytest.mark.multinode
 @pytest.mark.timeout(1800)  # the first run on a machine builds the images (~5 min)
 async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives_a_lost_worker(
     stack: tuple[ControlPlaneState, Client],  # noqa: F811
