@@ -25,6 +25,7 @@ Real nodes change host iptables: run it under the shared lock
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -90,6 +91,16 @@ def pod_logs(kubeconfig: str, *pods: str) -> str:
             )  # fmt: skip
             out.append(f"--- {pod} {previous or '(current)'}:\n{run.stdout}{run.stderr}")
     return "\n".join(out)
+
+
+def group_said(kubeconfig: str) -> str:
+    """The group's pods and the namespace's events, then each rank's logs."""
+    events = subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "-n", NS, "get", "pods,events", "-o", "wide",
+         "--sort-by=.metadata.creationTimestamp"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return f"{events.stdout[-6000:]}\n{pod_logs(kubeconfig, f'{SPLIT}-0', f'{SPLIT}-1')}"
 
 
 async def wait_ready(client: Client, name: str, timeout: float = 600.0) -> Obj:
@@ -215,7 +226,11 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
     )
     assert "rank 1" in conditions(lost)["InferenceReady"]["message"]
     t_lost = time.monotonic()
-    await wait_ready(client, SPLIT)
+    try:
+        await wait_ready(client, SPLIT)
+    except AssertionError as e:  # the group did not come back: what each rank said
+        said = await asyncio.to_thread(group_said, state.kubeconfig)
+        raise AssertionError(f"{e}\n{said}") from None
     print(f"group back {time.monotonic() - t_lost:.0f}s after GroupRankLost")
     pods = await group_pods(client)
     assert pods[1]["metadata"]["uid"] != worker_uid
