@@ -150,6 +150,19 @@ async def gpu_nodes(client: Client) -> list[str]:
     ]
 
 
+async def delete_workspaces(client: Client, *names: str, timeout: float) -> None:
+    """Delete the Workspaces and wait until each is gone (its finalizer done)."""
+    for name in names:
+        await client.delete(WORKSPACES_V1ALPHA1, name, NS)
+    for name in names:
+        await poll_until(
+            lambda n=name: get_ws(client, n),  # type: ignore[misc]
+            lambda w: w is None,
+            timeout=timeout,
+            what=f"{name} deleted",
+        )
+
+
 async def leftovers(client: Client, *workloads: Resource) -> dict[str, list[str]]:
     """What of KAITO's objects is left in the cluster, by kind: Machines, GPU Nodes, pods,
     Deployments, Services (but ``kubernetes``) and the ``workloads`` kinds named."""
@@ -432,15 +445,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
         assert vllm, "no vllm:* series from the inference server"
 
     # 4. Deletion leaves nothing behind.
-    for name in ("serve-tiny", "tune-tiny"):
-        await client.delete(WORKSPACES_V1ALPHA1, name, NS)
-    for name in ("serve-tiny", "tune-tiny"):
-        await poll_until(
-            lambda n=name: get_ws(client, n),  # type: ignore[misc]
-            lambda w: w is None,
-            timeout=120,
-            what=f"{name} deleted",
-        )
+    await delete_workspaces(client, "serve-tiny", "tune-tiny", timeout=120)
 
     left = await poll_until(
         lambda: leftovers(client, JOBS), lambda x: not x, timeout=180, what="workload garbage"

@@ -50,6 +50,7 @@ from tests.integration.polling import poll_until
 from tests.integration.test_end_to_end import (  # the same `kaito dev up` / `down` fixture
     agent_pools,
     conditions,
+    delete_workspaces,
     get_ws,
     leftovers,
     stack,  # noqa: F401
@@ -237,16 +238,7 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
     assert await complete(split_url) == reference
 
     # Deleting leaves nothing.
-    for name in (SPLIT, SINGLE):
-        await client.delete(WORKSPACES_V1ALPHA1, name, NS)
-    for name in (SPLIT, SINGLE):
-        await poll_until(
-            lambda n=name: get_ws(client, n),  # type: ignore[misc]
-            lambda w: w is None,
-            timeout=180,
-            what=f"{name} deleted",
-        )
-
+    await delete_workspaces(client, SPLIT, SINGLE, timeout=180)
     left = await poll_until(
         lambda: leftovers(client, STATEFULSETS), lambda x: not x, timeout=240, what="garbage"
     )
