@@ -23,8 +23,9 @@ from . import logs
 from .config import ConfigError, Settings, parse_settings
 from .emulated_gpu import adapt_for_emulated_gpu
 from .engines import create_engine
-from .group import BOOT_ID, Group, GroupWatch, make_group
+from .group import BOOT_ID, JOINED, JOINING, WAITING, Group, GroupWatch, make_group
 from .server import Server
+from .threads import end_children, in_daemon_thread
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +34,11 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 async def serve(settings: Settings, group: Group | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code. In a multi-node group
-    this is rank 0: it also watches the other ranks (`kaito_inference.group`)."""
+    this is rank 0: it also watches the other ranks and stops when one is lost
+    (`kaito_inference.group`)."""
+    stop = asyncio.Event()
     engine = create_engine(settings, group)
-    watch = GroupWatch(group=group) if group is not None else None
+    watch = GroupWatch(group=group, on_lost=stop.set) if group is not None else None
     server = Server(settings, engine, group=watch)
     runner = web.AppRunner(
         server.app(),
@@ -55,7 +58,6 @@ async def serve(settings: Settings, group: Group | None = None) -> int:
         event_loop=type(asyncio.get_running_loop()).__module__,
     )
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -81,7 +83,7 @@ async def serve(settings: Settings, group: Group | None = None) -> int:
             await asyncio.gather(start, return_exceptions=True)
         if watch is not None and watch.lost:
             code = 1  # the group broke: kubelet restarts the container, and says why
-        log.info("shutting down")
+        log.info("shutting down", reason=watch.lost if watch is not None else None)
     finally:
         stop.set()
         if watching is not None:
@@ -92,6 +94,7 @@ async def serve(settings: Settings, group: Group | None = None) -> int:
                 await engine.stop()
         except Exception:
             log.exception("engine shutdown failed")
+        end_children()  # vLLM's engine core, when its start was abandoned
     log.info("stopped", code=code)
     return code
 
@@ -99,24 +102,31 @@ async def serve(settings: Settings, group: Group | None = None) -> int:
 async def serve_group_worker(settings: Settings, group: Group) -> int:
     """Rank > 0: run this node's share of the model until rank 0 is lost or SIGTERM.
 
-    The HTTP port answers ``/health`` (``joining`` / ``joined``) for rank 0 and the
-    probes; every other path is refused, since rank 0 serves the API.
+    vLLM's workers start only once this rank is bound to a rank 0 process that is
+    loading (`kaito_inference.group`). The HTTP port answers ``/health`` (``waiting``,
+    ``joining``, ``joined``) for rank 0 and the probes; every other path is refused,
+    since rank 0 serves the API.
     """
     from .engines.vllm_engine import VLLMEngine
 
     engine = create_engine(settings, group)
     assert isinstance(engine, VLLMEngine), "only vLLM runs in a group (create_engine)"
-    watch = GroupWatch(group=group)
+    stop = asyncio.Event()
+    bound = asyncio.Event()
+    watch = GroupWatch(group=group, on_lost=stop.set, on_bound=bound.set)
     joined = threading.Event()
 
     async def health(request: web.Request) -> web.Response:
-        body: dict[str, object] = {"rank": group.rank, "boot": BOOT_ID}
+        body: dict[str, object] = {"rank": group.rank, "boot": BOOT_ID, "head": watch.head_boot}
         if watch.lost:
             body.update(status="unhealthy", error=watch.lost)
             return web.json_response(body, status=503)
         if joined.is_set():
-            return web.json_response({**body, "status": "joined"})
-        return web.json_response({**body, "status": "joining"}, status=503)
+            return web.json_response({**body, "status": JOINED})
+        if watch.head_boot is None:
+            body["waiting_for"] = watch.waiting_for()
+            return web.json_response({**body, "status": WAITING}, status=503)
+        return web.json_response({**body, "status": JOINING}, status=503)
 
     async def refuse(request: web.Request) -> web.Response:
         message = (
@@ -137,53 +147,40 @@ async def serve_group_worker(settings: Settings, group: Group) -> int:
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("group worker listening", rank=group.rank, head=group.hosts[0], port=settings.port)
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watching = asyncio.ensure_future(watch.run(stop))
-    # The executor blocks a thread for its whole life: a daemon thread, not the loop's
-    # pool, so that the process can exit while it still runs.
-    finished: asyncio.Future[BaseException | None] = loop.create_future()
-
-    def work() -> None:
-        error: BaseException | None = None
-        try:
-            engine.run_group_worker(joined)
-        except BaseException as exc:  # reported by the loop below
-            error = exc
-
-        def report() -> None:
-            if not finished.done():
-                finished.set_result(error)
-
-        loop.call_soon_threadsafe(report)
-
-    threading.Thread(target=work, name="vllm-group-worker", daemon=True).start()
+    stopping = asyncio.ensure_future(stop.wait())
     code = 0
-    while not stop.is_set():
-        if finished.done():
-            error = finished.result()
+    binding = asyncio.ensure_future(bound.wait())
+    await asyncio.wait({binding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    binding.cancel()
+    if not stop.is_set():
+        log.info("bound to rank 0", rank=group.rank, head=group.hosts[0], head_boot=watch.head_boot)
+        work = asyncio.ensure_future(
+            in_daemon_thread(lambda: engine.run_group_worker(joined), name="vllm-group-worker")
+        )
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            error = work.exception()
             log.error("group workers exited", rank=group.rank, error=repr(error))
             code = 1
-            break
-        if watch.lost:
-            log.error("group head lost; exiting so the pod restarts and rejoins", reason=watch.lost)
-            code = 1
-            break
-        try:
-            async with asyncio.timeout(0.5):
-                await stop.wait()
-        except TimeoutError:
-            pass
+        else:
+            work.cancel()  # its thread ends with the executor (below) or is abandoned
+            await asyncio.gather(work, return_exceptions=True)
+    if watch.lost:
+        log.error("group head lost; exiting so the pod restarts and rejoins", reason=watch.lost)
+        code = 1
     stop.set()
-    await asyncio.gather(watching, return_exceptions=True)
+    await asyncio.gather(watching, stopping, binding, return_exceptions=True)
     await runner.cleanup()
     try:
         async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
             await engine.stop()
     except Exception:
         log.exception("group worker shutdown failed")
+    end_children()  # vLLM's workers, when it was still joining
     log.info("stopped", code=code, rank=group.rank)
     return code
 

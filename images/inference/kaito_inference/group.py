@@ -12,13 +12,28 @@ Why not Ray: vLLM's Ray executor refuses the CPU platform the tests run on ("cur
 platform cpu does not support ray"), while its multiprocessing executor spans nodes on
 both CPUs and GPUs, so the tests run the production path.
 
-Health across the group, which vLLM does not report: every rank serves ``/health`` on
-the HTTP port. A worker answers 503 ``joining`` until its vLLM workers have joined the
-head, then 200 ``joined``. Rank 0 polls the workers: while it loads, its ``/health``
-says how many ranks have joined; once serving, a worker that stops answering for
-`LOST_AFTER_S` makes rank 0 unhealthy (its liveness probe fails and the pod restarts).
-A worker polls rank 0 the same way and exits when rank 0 is lost, so a restarted head
-never waits for workers still bound to the previous one.
+Health across the group, which vLLM does not report. vLLM's group cannot take in a
+restarted process: once any rank restarts, every rank must start over. So each process
+has a boot id, every rank serves ``/health`` on the HTTP port, and the ranks poll each
+other once a second:
+
+- A worker **binds** to one head process: it waits (``waiting``) until rank 0 answers
+  ``loading``, i.e. a head that is starting and waits for its ranks, and only then
+  starts vLLM's workers (``joining``, then ``joined``), naming that head's boot id in
+  every answer. It never joins a head that serves or is failing: that head still counts
+  a previous worker in its group and is about to restart.
+- Rank 0 counts a worker once it answers bound to rank 0's own boot id, and ignores
+  workers bound to a previous head (they restart themselves, below). Its ``/health``
+  says how many ranks have joined while it loads.
+- A peer bound to this process is **lost** when it answers as another process (a new
+  boot id: it restarted), or gives no healthy answer for `LOST_AFTER_S` (the pod or its
+  node is gone, or it failed). The process that lost its peer writes why
+  (``GroupRankLost`` on rank 0, ``GroupHeadLost`` on a worker) and exits 1, whether
+  loading or serving, so kubelet restarts it at once; a head still loading must not
+  wait out its startup probe.
+
+Each failure thus restarts each rank at most once more and the group converges, as long
+as a healthy peer answers within `LOST_AFTER_S`.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -39,8 +55,12 @@ from .config import ConfigError
 log = structlog.get_logger(__name__)
 
 POLL_INTERVAL_S = 1.0
-LOST_AFTER_S = 5.0
-"""A rank that has not answered for this long is lost (a pod restart takes longer)."""
+POLL_TIMEOUT_S = 5.0
+"""One poll's limit: a peer's event loop on a loaded node can be slow to answer."""
+LOST_AFTER_S = 20.0
+"""A bound peer with no healthy answer for this long is lost. A restart is caught at
+once by its new boot id; this catches a peer that is gone or hung, and must outlast the
+pauses of a node busy compiling the model on shared CPUs (5 s did not, on 2 cores)."""
 
 TERMINATION_LOG_ENV = "KAITO_TERMINATION_LOG"
 """Where the reason a rank gives up is written (default: kubelet's termination log)."""
@@ -49,6 +69,12 @@ _ORDINAL = re.compile(r"-(\d+)$")
 
 BOOT_ID = uuid.uuid4().hex[:12]
 """This process's id in ``/health``: peers tell a restarted rank from the one they knew."""
+
+# What a worker's /health says (rank 0 says loading / ok / failed / unhealthy).
+WAITING = "waiting"
+"""Not bound yet: waiting for rank 0 to answer ``loading``."""
+JOINING = "joining"
+JOINED = "joined"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,20 +161,39 @@ def make_group(
     return Group(hosts=names, rank=rank, port=port, http_port=http_port)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """One ``/health`` answer of a peer."""
+
+    code: int
+    status: str | None
+    boot: str | None
+    head: str | None = None
+    """A worker's: the boot id of the rank 0 process it is bound to (None: not bound)."""
+
+    def describe(self) -> str:
+        return f"HTTP {self.code} {self.status}"
+
+
 @dataclass(kw_only=True)
 class RankState:
+    boot: str | None = None
+    """The bound peer process's boot id; None until one is bound."""
     joined: bool = False
     last_seen: float | None = None
     error: str = "not answered yet"
-    boot: str | None = None
-    """The process id the rank's ``/health`` reports: a new one means it restarted."""
 
 
 @dataclass(kw_only=True)
 class GroupWatch:
-    """Polls the other ranks' ``/health``; what rank 0's (and a worker's) health reports."""
+    """Polls the other ranks' ``/health``: whom this process is bound to, how many ranks
+    have joined, and whether a bound peer is lost (module docstring)."""
 
     group: Group
+    on_lost: Callable[[], None] | None = None
+    """Called once, when a bound peer is lost (after the termination message is written)."""
+    on_bound: Callable[[], None] | None = None
+    """Called once a worker is bound to a rank 0 process: it may start vLLM's workers."""
     peers: dict[int, RankState] = field(default_factory=dict)
     lost: str | None = None
 
@@ -161,6 +206,11 @@ class GroupWatch:
         """Ranks joined, this one included."""
         return 1 + sum(1 for s in self.peers.values() if s.joined)
 
+    @property
+    def head_boot(self) -> str | None:
+        """A worker's: the rank 0 process it is bound to, once it is."""
+        return None if self.group.is_head else self.peers[0].boot
+
     def summary(self) -> str:
         return f"{self.joined}/{self.group.size} ranks joined"
 
@@ -171,59 +221,99 @@ class GroupWatch:
             if not s.joined
         ]
 
-    def observe(
-        self, rank: int, *, ok: bool, error: str, now: float, boot: str | None = None
-    ) -> None:
-        """One poll's answer; a rank that had answered and is silent for LOST_AFTER_S, or
-        that answers as a new process, is lost."""
+    def observe(self, rank: int, answer: Answer | None, *, error: str, now: float) -> None:
+        """One poll of ``rank``: its answer, or None with the ``error`` of no answer."""
         state = self.peers[rank]
-        if ok and boot is not None and state.boot is not None and boot != state.boot:
-            ok, error = False, "restarted"
-            state.last_seen = now - LOST_AFTER_S
-        if ok and boot is not None:
-            state.boot = boot
-        if ok:
-            if not state.joined:
+        if answer is not None:
+            error = answer.describe()
+        if state.boot is None:
+            if answer is None or not self._binds(answer):
+                state.error = self._unbound_error(answer, error)
+                return
+            state.boot = answer.boot
+            log.info("rank bound", rank=rank, host=self.group.hosts[rank], boot=answer.boot)
+            if self.on_bound is not None:
+                self.on_bound()
+        if answer is not None and (answer.boot != state.boot or not self._binds(answer)):
+            self._lose(rank, f"it restarted (boot {state.boot} -> {answer.boot}, {error})")
+            return
+        if answer is not None and self._healthy(answer):
+            joined = not self.group.is_head or (answer.code == 200 and answer.status == JOINED)
+            if joined and not state.joined:
                 log.info("rank joined", rank=rank, host=self.group.hosts[rank])
-            state.joined, state.last_seen, state.error = True, now, ""
+            state.joined, state.last_seen = joined, now
+            state.error = "" if joined else error
             return
         state.error = error
-        if state.joined and state.last_seen is not None and now - state.last_seen >= LOST_AFTER_S:
-            if self.lost is None:
-                self.lost = (
-                    f"rank {rank} ({self.group.hosts[rank]}) lost: no healthy answer for "
-                    f"{now - state.last_seen:.0f} s ({error}); the group must restart"
-                )
-                log.error("rank lost", rank=rank, host=self.group.hosts[rank], error=error)
-                reason = "GroupRankLost" if self.group.is_head else "GroupHeadLost"
-                write_termination_message(f"{reason}: {self.lost}")
-            state.joined = False
+        last = state.last_seen if state.last_seen is not None else now
+        state.last_seen = last
+        if now - last >= LOST_AFTER_S:
+            self._lose(rank, f"no healthy answer for {now - last:.0f} s ({error})")
+
+    def _binds(self, answer: Answer) -> bool:
+        """Whether this answer comes from a peer this process can be in a group with."""
+        if self.group.is_head:
+            return answer.head == BOOT_ID
+        return answer.boot is not None and (
+            answer.boot == self.peers[0].boot or answer.status == "loading"
+        )
+
+    def _healthy(self, answer: Answer) -> bool:
+        if self.group.is_head:
+            return answer.status in (JOINING, JOINED)
+        # A head that is loading or serving is fine; one that failed or lost a rank is not.
+        return answer.code == 200 or answer.status == "loading"
+
+    def _unbound_error(self, answer: Answer | None, error: str) -> str:
+        if answer is None:
+            return error
+        if self.group.is_head:
+            if answer.head:
+                return f"{error}, bound to a previous rank 0 (boot {answer.head}): it restarts"
+            return f"{error}, not bound yet"
+        return f"{error}: waiting for rank 0 to restart and load"
+
+    def _lose(self, rank: int, why: str) -> None:
+        state = self.peers[rank]
+        state.joined = False
+        if self.lost is not None:
+            return
+        self.lost = f"rank {rank} ({self.group.hosts[rank]}) lost: {why}; the group must restart"
+        log.error("rank lost", rank=rank, host=self.group.hosts[rank], why=why)
+        reason = "GroupRankLost" if self.group.is_head else "GroupHeadLost"
+        write_termination_message(f"{reason}: {self.lost}")
+        if self.on_lost is not None:
+            self.on_lost()
 
     async def _poll(self, session: aiohttp.ClientSession, rank: int) -> None:
-        ok, error, boot = False, "", None
+        answer, error = None, ""
         try:
             async with session.get(self.group.health_url(rank)) as response:
                 body = await response.json(content_type=None)
-                status = body.get("status") if isinstance(body, dict) else None
-                boot = body.get("boot") if isinstance(body, dict) else None
-                if self.group.is_head:
-                    ok = response.status == 200 and status == "joined"
-                else:
-                    # A head that is loading is fine; one that failed or lost a rank is not.
-                    ok = response.status == 200 or status == "loading"
-                error = f"HTTP {response.status} {status}"
+                if not isinstance(body, dict):
+                    raise ValueError(f"/health answered {type(body).__name__}, not an object")
+                answer = Answer(
+                    code=response.status,
+                    status=_text(body.get("status")),
+                    boot=_text(body.get("boot")),
+                    head=_text(body.get("head")),
+                )
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        self.observe(rank, ok=ok, error=error, now=time.monotonic(), boot=boot)
+        self.observe(rank, answer, error=error, now=time.monotonic())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every rank each `POLL_INTERVAL_S` until ``stop`` is set."""
-        timeout = aiohttp.ClientTimeout(total=POLL_INTERVAL_S * 2)
+        """Poll every rank each `POLL_INTERVAL_S` until ``stop`` is set or a peer is lost."""
+        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while not stop.is_set():
+            while not stop.is_set() and self.lost is None:
                 await asyncio.gather(*(self._poll(session, r) for r in self.peers))
                 try:
                     async with asyncio.timeout(POLL_INTERVAL_S):
                         await stop.wait()
                 except TimeoutError:
                     pass
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

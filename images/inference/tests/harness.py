@@ -66,6 +66,8 @@ class ServerProcess:
     health_seen: list[tuple[int, str]] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     startup_seconds: float = 0.0
+    new_session: bool = False
+    """Own process group, so that `kill` takes vLLM's child processes too (a pod lost)."""
 
     @property
     def base_url(self) -> str:
@@ -95,7 +97,8 @@ class ServerProcess:
         ]
         return cmd + list(self.extra_args)
 
-    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> ServerProcess:
+    def launch(self) -> None:
+        """Start the process without waiting; a restart appends to the same log."""
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -103,11 +106,18 @@ class ServerProcess:
             p for p in (str(INFERENCE_DIR), str(CONTRACTS_DIR), env.get("PYTHONPATH", "")) if p
         )
         env.update(self.env)
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        started = time.monotonic()
+        mode = "ab" if self.proc is not None else "wb"
+        out = open(self.log_path, mode) if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.health_seen = []
         self.proc = subprocess.Popen(
-            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=INFERENCE_DIR
-        )
+            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=INFERENCE_DIR,
+            start_new_session=self.new_session,
+        )  # fmt: skip
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> ServerProcess:
+        started = time.monotonic()
+        self.launch()
+        assert self.proc is not None
         deadline = started + timeout
         with httpx.Client(timeout=5.0) as client:
             while True:
@@ -150,6 +160,27 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL, to the whole process group when it has its own."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self.new_session:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
+        self.proc.wait(10)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code of a process expected to stop by itself within ``timeout``."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running after {timeout:.0f} s; log: {self.log_path}\n{self.log_tail()}"
+            ) from None
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -248,8 +279,9 @@ class GroupProcesses:
 
     Rank 0 listens on 127.0.0.1 and rank 1 on 127.0.0.2, each with its own
     ``VLLM_HOST_IP``, so each rank has its own node address; ``--pipeline-parallel-size
-    2`` puts one pipeline stage on each. Rank 1 runs in its own process group so that
-    killing it kills its vLLM worker processes too, as losing a pod does.
+    2`` puts one pipeline stage on each. Each rank runs in its own process group so that
+    killing it kills its vLLM processes too, as losing a pod does; restarting a rank
+    starts a new process on the same address, as kubelet restarts a container.
     """
 
     model: Path
@@ -272,7 +304,7 @@ class GroupProcesses:
             log_path = self.logs / f"group-rank{r}.log"
             return ServerProcess(
                 engine="vllm", model=self.model, port=port, extra_args=args, env=env,
-                log_path=log_path,
+                log_path=log_path, new_session=True,
             )  # fmt: skip
 
         self.head = rank(0, "127.0.0.1", head_port)
@@ -285,22 +317,14 @@ class GroupProcesses:
     def worker_url(self) -> str:
         return f"http://127.0.0.2:{self.worker.port}"
 
+    def worker_health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(self.worker_url + "/health", timeout=5).json()
+        return body
+
     def start(self) -> GroupProcesses:
         """Start rank 1 without waiting (it is healthy only once rank 0 took it in),
         then rank 0, waiting until the whole group serves."""
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(INFERENCE_DIR), str(CONTRACTS_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        env.update(self.worker.env)
-        assert self.worker.log_path is not None
-        with self.worker.log_path.open("wb") as out:
-            self.worker.proc = subprocess.Popen(
-                self.worker.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
-                cwd=INFERENCE_DIR, start_new_session=True,
-            )  # fmt: skip
+        self.worker.launch()
         try:
             self.head.start()
         except BaseException:
@@ -308,13 +332,13 @@ class GroupProcesses:
             raise
         return self
 
-    def kill_worker(self) -> None:
-        """Rank 1's pod is lost: SIGKILL to all of its processes."""
-        assert self.worker.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.worker.proc.pid, signal.SIGKILL)
+    def restart_worker(self) -> None:
+        """Rank 1's container dies and kubelet starts a new one at the same address."""
+        self.worker.kill()
+        self.worker.launch()
 
     def stop(self) -> None:
         self.head.stop()
         self.worker.stop()
-        self.kill_worker()  # vLLM's worker processes, should any outlive rank 1
+        self.head.kill()  # vLLM's processes, should any outlive their rank
+        self.worker.kill()

@@ -5,9 +5,11 @@ Rank 0 (the HTTP API and vLLM's head) and rank 1 (vLLM's headless workers) run a
 own loopback address (`harness.GroupProcesses`), with ``--pipeline-parallel-size 2``:
 each holds one of the model's two layers. Greedy answers must equal the reference
 generator's (the contract suite proves the single-node vLLM server gives those same
-answers), streaming must work, and killing rank 1 (SIGKILL to its process group: a pod
-lost) must make rank 0's ``/health`` fail, naming the lost rank, so that its liveness
-probe restarts the group, and rank 0 must leave the reason for the controller.
+answers), streaming must work. A restarted rank 1 (a new process at the same address,
+as kubelet restarts a container) must make rank 0 exit, leaving the reason for the
+controller; restarted in turn, rank 0 takes in the new worker and the group answers the
+same. A rank 0 that is lost (SIGKILL to its process group: a pod lost) makes the worker
+exit the same way.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from harness import MAX_MODEL_LEN, Artifacts, GroupProcesses, Reference
+from kaito_inference.group import LOST_AFTER_S
 
 PROMPT = "Which nodes hold the model?"
 N_TOKENS = 16
-LOST_BOUND_S = 30.0
-"""Generous bound for rank 0 to report a killed rank (it polls every second and loses a
-rank after 5 s of silence)."""
+EXIT_MARGIN_S = 30.0
+"""On top of `LOST_AFTER_S`: a poll's timeout, and shutting down on 2 loaded cores."""
+WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +97,62 @@ def test_a_worker_rank_refuses_api_requests(group: GroupProcesses) -> None:
     assert "rank 0" in r.json()["error"]["message"]
 
 
-def test_killing_the_worker_rank_makes_rank0_unhealthy_and_say_why(group: GroupProcesses) -> None:
+def test_a_restarted_worker_makes_rank0_exit_and_the_restarted_group_answers_the_same(
+    group: GroupProcesses, reference: Reference
+) -> None:
+    """vLLM's group cannot take in a new process: rank 0 must exit, saying why, and once
+    kubelet has restarted it the new worker binds to it and the group serves again."""
     head = group.head
-    group.kill_worker()
-    deadline = time.monotonic() + LOST_BOUND_S
-    body: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        r = httpx.get(head.base_url + "/health", timeout=5)
-        body = r.json()
-        if r.status_code == 503:
-            break
-        time.sleep(0.5)
-    assert body.get("status") == "unhealthy", body
-    assert "rank 1 (127.0.0.2:" in str(body.get("error")), body
-    assert body.get("ranks") == "1/2 ranks joined"
-    # Its liveness probe fails; when kubelet stops it, it exits non-zero and leaves the
-    # reason where the controller reads it (the pod's last termination message).
-    assert head.stop() == 1
+    first_boot = group.worker_health()["boot"]
+    group.restart_worker()
+    assert head.wait_exit(LOST_AFTER_S + EXIT_MARGIN_S) == 1
     message = group.termination_log(0).read_text()
     assert message.startswith("GroupRankLost: rank 1 (127.0.0.2:"), message
+    # The new worker waits for a rank 0 that loads: it never joins a stale one.
+    health = wait_for(group.worker_health, lambda h: h.get("status") == "waiting")
+    assert health["head"] is None
+    assert health["boot"] != first_boot
+    assert group.worker.proc is not None
+    assert group.worker.proc.poll() is None  # waiting, not exiting
+
+    head.start()  # kubelet restarts the container
+    worker = group.worker_health()
+    assert worker["status"] == "joined"
+    assert worker["head"] == httpx.get(head.base_url + "/health").json()["boot"]
+    expected = reference.greedy(reference.chat_ids(PROMPT), None, N_TOKENS)
+    r = httpx.post(
+        head.base_url + "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": N_TOKENS,
+            "temperature": 0,
+        },
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == expected
+
+
+def test_a_worker_whose_rank0_is_lost_exits_and_says_why(group: GroupProcesses) -> None:
+    group.head.kill()  # rank 0's pod is lost: no answer at all
+    assert group.worker.wait_exit(LOST_AFTER_S + EXIT_MARGIN_S) == 1
+    message = group.termination_log(1).read_text()
+    assert message.startswith("GroupHeadLost: rank 0 (127.0.0.1:"), message
+    assert "no healthy answer for" in message, message
+
+
+def wait_for(
+    read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_S
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            seen = read()
+        except httpx.TransportError:
+            seen = {}
+        if done(seen):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"not reached within {WAIT_S} s; last seen {seen}")

@@ -23,6 +23,7 @@ import structlog
 from ..adapters import adapter_rank, scan
 from ..config import Settings, default_gpu_memory_utilization
 from ..group import Group
+from ..threads import in_daemon_thread
 from .base import (
     Adapter,
     Delta,
@@ -108,8 +109,11 @@ class VLLMEngine(Engine):
         args = self.engine_args()
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # Engine start blocks for tens of seconds; keep the event loop serving /health.
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        # Engine start blocks for tens of seconds (in a group: until every rank joined);
+        # keep the event loop serving /health, and let a stop abandon it.
+        self._llm = await in_daemon_thread(
+            lambda: AsyncLLM.from_engine_args(args), name="vllm-engine-start"
+        )
         self._tokenizer = self._llm.get_tokenizer()
         max_model_len = int(self._llm.model_config.max_model_len)
         log.info(
