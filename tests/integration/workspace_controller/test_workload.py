@@ -372,12 +372,19 @@ async def test_deleting_a_workspace_removes_its_workload(wsrig: WsRig, client: C
     assert await workload_left(client, wsrig.namespace) == {}
 
 
-def restarted_after(container: str, message: str) -> Obj:
-    """Running again, not ready, after exiting 1 with ``message`` as termination message."""
+def running_not_ready(container: str) -> Obj:
+    """Running, its readiness probe not passing yet."""
     status = running_ready(container)
     status["conditions"] = [c for c in status["conditions"] if c["type"] == "PodScheduled"]
+    status["containerStatuses"][0]["ready"] = False
+    return status
+
+
+def restarted_after(container: str, message: str) -> Obj:
+    """Running again, not ready, after exiting 1 with ``message`` as termination message."""
+    status = running_not_ready(container)
     cs = status["containerStatuses"][0]
-    cs.update(ready=False, restartCount=1)
+    cs["restartCount"] = 1
     cs["lastState"] = {
         "terminated": {
             "exitCode": 1,
@@ -420,8 +427,16 @@ async def test_a_model_split_across_two_nodes_is_one_statefulset_group_with_its_
         f"{name}-0.{name}-headless.{ns}.svc,{name}-1.{name}-headless.{ns}.svc"
     )
     container = pods[0]["spec"]["containers"][0]["name"]
-    lost = f"GroupRankLost: rank 1 ({name}-1.{name}-headless.{ns}.svc:5000) lost"
+    # Starting: InferenceReady counts the ranks as pod 0 does.
+    await play_kubelet(client, pods[0], running_not_ready(container))
+    await play_kubelet(client, pods[1], running_not_ready(container))
+    await wsrig.wait(name, lambda w: "1/2 ranks joined; pod llama-split-0 waits for llama-split-1"
+                     in (condition(w, "InferenceReady") or {}).get("message", ""))  # fmt: skip
     await play_kubelet(client, pods[1], running_ready(container))
+    await wsrig.wait(name, lambda w: "2/2 ranks joined; pod llama-split-0 is loading the model"
+                     in (condition(w, "InferenceReady") or {}).get("message", ""))  # fmt: skip
+
+    lost = f"GroupRankLost: rank 1 ({name}-1.{name}-headless.{ns}.svc:5000) lost"
     await play_kubelet(client, pods[0], restarted_after(container, lost))
     ws = await wsrig.wait(
         name, lambda w: (condition(w, "InferenceReady") or {}).get("reason") == "GroupRankLost"

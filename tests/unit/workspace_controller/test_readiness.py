@@ -226,6 +226,30 @@ def test_a_group_that_lost_a_rank_names_the_reason_pod_0_gave_while_it_restarts(
     assert "pipeline-parallel 2 (nodes)" in ready.message
 
 
+def test_a_starting_group_says_how_many_ranks_joined_pod_0() -> None:
+    group = group_summary(3, 2)
+    running = [{"name": "inference", "ready": False, "state": {"running": {}}}]
+    ready = [{"type": "Ready", "status": "True"}]
+    head = pod("ws-0", containerStatuses=running)
+    joined = pod("ws-1", containerStatuses=running, conditions=ready)
+    joining = pod(
+        "ws-2", containerStatuses=running, conditions=[{"type": "Ready", "status": "False"}]
+    )
+
+    def message(*pods: Obj) -> str:
+        v = inference_verdict(deployment(3, 1, 3), list(pods), kind="StatefulSet", group=group)
+        assert (v.status, v.reason) == ("False", "InferenceStarting")
+        assert v.message.startswith(f"{group}; StatefulSet ws: ")
+        return v.message.removeprefix(f"{group}; StatefulSet ws: ")
+
+    assert message() == "0/3 ranks joined; pod ws-0 is not running yet"
+    assert message(head, joining) == "1/3 ranks joined; pod ws-0 waits for ws-1, ws-2"
+    assert message(head, joined, joining) == "2/3 ranks joined; pod ws-0 waits for ws-2"
+    assert message(
+        head, joined, {**joining, "status": {**joining["status"], "conditions": ready}}
+    ) == ("3/3 ranks joined; pod ws-0 is loading the model")
+
+
 def test_a_ready_container_that_once_restarted_is_no_problem() -> None:
     cs = {
         "name": "inference",

@@ -183,10 +183,43 @@ def inference_verdict(
     if workload is None:
         return Verdict("False", "WorkloadNotCreated", f"the {kind} has not been created yet")
     current_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    if group is not None:
-        verdict = _inference_verdict(workload, current_pods, kind=kind)
-        return Verdict(verdict.status, verdict.reason, f"{group}; {verdict.message}")
-    return _inference_verdict(workload, current_pods, kind=kind)
+    verdict = _inference_verdict(workload, current_pods, kind=kind)
+    if group is None:
+        return verdict
+    message = verdict.message
+    if verdict.reason == "InferenceStarting":
+        message = _ranks_joined(workload, current_pods, kind=kind)
+    return Verdict(verdict.status, verdict.reason, f"{group}; {message}")
+
+
+def _ranks_joined(workload: Obj, pods: list[Obj], *, kind: str) -> str:
+    """A starting group's progress, as pod 0's ``/health`` counts it: pod 0 once its
+    server runs, and each worker pod that is Ready (its readiness probe passes once it
+    joined pod 0's group)."""
+    name = workload["metadata"]["name"]
+    wanted = _ready_counts(workload)[0]
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    head = by_name.get(f"{name}-0")
+    workers = [f"{name}-{i}" for i in range(1, wanted)]
+    waiting = [w for w in workers if w not in by_name or not _pod_ready(by_name[w])]
+    joined = (1 if head is not None and _running(head) else 0) + len(workers) - len(waiting)
+    if head is None or not _running(head):
+        state = f"pod {name}-0 is not running yet"
+    elif waiting:
+        state = f"pod {name}-0 waits for {', '.join(waiting)}"
+    else:
+        state = f"pod {name}-0 is loading the model"
+    return f"{kind} {name}: {joined}/{wanted} ranks joined; {state}"
+
+
+def _pod_ready(pod: Obj) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _running(pod: Obj) -> bool:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    return bool(statuses) and all("running" in (cs.get("state") or {}) for cs in statuses)
 
 
 def group_summary(nodes: int, gpus_per_node: int) -> str:
