@@ -36,11 +36,10 @@ images: $(STAMP)
 	$(BIN)/kaito dev images $(if $(REGISTRY),--registry $(REGISTRY))
 
 test: setup $(INF_STAMP)
-	$(BIN)/pytest tests -m "not multinode"
+	$(BIN)/pytest tests
 	$(MAKE) test-inference
 
-# One model split across two real nodes (issue 15, ~10 min). Not in `make test`: after
-# its worker pod is deleted the group did not always come back (see README, Multi-node).
+# Only the test of one model split across two real nodes (~10 min; part of `make test`).
 test-multinode: setup $(INF_STAMP)
 	$(BIN)/pytest tests -m multinode
 

@@ -42,6 +42,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,6 +121,29 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneState, Client
         assert not list(RUN_ROOT.glob("aks-*")), "node state left in /run/kaito-node"
         assert hoststate.kube_chains() == [], "iptables chains left"
         assert {n: hoststate.read_sysctl(n) for n in hoststate.SYSCTLS} == sysctls
+
+
+ROUTED_WITHIN_S = 30.0
+"""WorkspaceReady follows the pods' readiness; the Service routes once the EndpointSlice
+controller and kube-proxy have caught up (until then kube-proxy rejects: connection
+refused). A user sees the same lag; this bounds it."""
+
+
+async def routed(base: str) -> float:
+    """Seconds until the Service answers ``/health`` with 200."""
+    started = time.monotonic()
+    last = ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while time.monotonic() - started < ROUTED_WITHIN_S:
+            try:
+                async with session.get(f"{base}/health") as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - started
+                    last = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{base} not routed {ROUTED_WITHIN_S:.0f} s after Ready: {last}")
 
 
 def service_path(state: ControlPlaneState, svc: Obj, pod: Obj) -> str:
@@ -414,6 +438,7 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     # Through the Service's ClusterIP (kube-proxy on the host), as a client in the cluster.
     svc = await client.get(SERVICES, "serve-tiny", NS)
     base = f"http://{svc['spec']['clusterIP']}:80"
+    print(f"the Service routed {await routed(base):.1f}s after WorkspaceReady")
     async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
         if resp.status != 200:  # seen once (a 404 without a body): say what answered
             print(resp.status, dict(resp.headers), await resp.text())

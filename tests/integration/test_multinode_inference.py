@@ -53,6 +53,7 @@ from tests.integration.test_end_to_end import (  # the same `kaito dev up` / `do
     delete_workspaces,
     get_ws,
     leftovers,
+    routed,
     stack,  # noqa: F401
 )
 
@@ -213,6 +214,7 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
 
     # Through the Services' ClusterIPs (kube-proxy, from the host): the same greedy answer.
     split_url, single_url = await service_url(client, SPLIT), await service_url(client, SINGLE)
+    print(f"routed {await routed(split_url):.1f}s / {await routed(single_url):.1f}s after Ready")
     reference = await complete(single_url)
     assert reference, "the single-node server answered nothing"
     assert await complete(split_url) == reference
@@ -235,7 +237,8 @@ async def test_a_model_split_across_two_real_nodes_answers_like_one_and_survives
     except AssertionError as e:  # the group did not come back: what each rank said
         said = await asyncio.to_thread(group_said, state.kubeconfig)
         raise AssertionError(f"{e}\n{said}") from None
-    print(f"group back {time.monotonic() - t_lost:.0f}s after GroupRankLost")
+    print(f"group back {time.monotonic() - t_lost:.0f}s after GroupRankLost, "
+          f"routed {await routed(split_url):.1f}s later")  # fmt: skip
     pods = await group_pods(client)
     assert pods[1]["metadata"]["uid"] != worker_uid
     assert await complete(split_url) == reference
