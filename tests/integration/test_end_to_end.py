@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,32 +129,44 @@ controller and kube-proxy have caught up (until then kube-proxy rejects: connect
 refused). A user sees the same lag; this bounds it."""
 
 
-async def routed(base: str) -> float:
-    """Seconds until the Service answers ``/health`` with 200."""
+async def routed(base: str, explain: Callable[[], str] | None = None) -> float:
+    """Seconds until the Service answers ``/health`` with 200, each try on a new
+    connection: a kept-alive one stays with whatever answered it first. On failure the
+    message lists each change of answer (and ``explain()``, run then)."""
     started = time.monotonic()
-    last = ""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    answers: list[str] = []
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         while time.monotonic() - started < ROUTED_WITHIN_S:
             try:
                 async with session.get(f"{base}/health") as resp:
                     if resp.status == 200:
                         return time.monotonic() - started
-                    last = f"HTTP {resp.status}"
+                    answer = f"HTTP {resp.status} (Server: {resp.headers.get('Server')})"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                last = repr(exc)
+                answer = repr(exc)
+            if not answers or not answers[-1].endswith(answer):
+                answers.append(f"{time.monotonic() - started:.1f}s {answer}")
             await asyncio.sleep(0.2)
-    raise AssertionError(f"{base} not routed {ROUTED_WITHIN_S:.0f} s after Ready: {last}")
+    said = "\n".join(answers)
+    if explain is not None:
+        said += "\n" + await asyncio.to_thread(explain)
+    raise AssertionError(f"{base} not routed {ROUTED_WITHIN_S:.0f} s after Ready:\n{said}")
 
 
 def service_path(state: ControlPlaneState, svc: Obj, pod: Obj) -> str:
     """What stands between a client and ``pod`` behind ``svc``: the Services and endpoints,
-    kube-proxy's NAT rules for the ClusterIP, and the pod asked directly."""
+    kube-proxy's NAT rules for the ClusterIP and its log, the route to the pod, and the
+    pod asked directly."""
     ip, pod_ip = svc["spec"]["clusterIP"], pod["status"]["podIP"]
     out = []
     for argv in (
         ["kubectl", f"--kubeconfig={state.kubeconfig}", "get", "svc,ep,pods", "-A", "-o", "wide"],
         ["iptables-save", "-t", "nat"],
+        ["ip", "route", "get", pod_ip],
         ["curl", "-sS", "-i", "--max-time", "5", f"http://{pod_ip}:5000/v1/models"],
+        ["tail", "-n", "30", str(Path(state.data_dir) / "logs" / "kube-proxy.log")],
     ):
         run = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         text = run.stdout + run.stderr
@@ -438,7 +450,8 @@ async def test_tune_an_adapter_serve_it_scrape_everything_and_leave_nothing_behi
     # Through the Service's ClusterIP (kube-proxy on the host), as a client in the cluster.
     svc = await client.get(SERVICES, "serve-tiny", NS)
     base = f"http://{svc['spec']['clusterIP']}:80"
-    print(f"the Service routed {await routed(base):.1f}s after WorkspaceReady")
+    took = await routed(base, explain=lambda: service_path(state, svc, pod))
+    print(f"the Service routed {took:.1f}s after WorkspaceReady")
     async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/models") as resp:
         if resp.status != 200:  # seen once (a 404 without a body): say what answered
             print(resp.status, dict(resp.headers), await resp.text())

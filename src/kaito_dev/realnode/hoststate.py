@@ -10,9 +10,10 @@ Kubelets, kube-proxy and the CNI plugins all write host-wide state:
   passes kube-proxy's rules). `HostState` records them all before the first node boots
   and writes them back at teardown; the record is a JSON file, so a run that died is
   undone by the next one (it keeps the first record's values).
-- iptables: ``KUBE-*`` chains of the kubelet (KUBE-FIREWALL, KUBE-MARK-*, canaries) and
-  of kube-proxy (KUBE-SERVICES, ...), in IPv4 and IPv6. ``kube-proxy --cleanup`` needs
-  ``ipset``; `remove_kube_chains` deletes the jumps to them and the chains itself.
+- iptables: ``KUBE-*`` chains of the kubelet (KUBE-FIREWALL, KUBE-MARK-*, canaries), of
+  kube-proxy (KUBE-SERVICES, ...), in IPv4 and IPv6, and our own `UNROUTED_CHAIN`
+  (`reject_unrouted`). ``kube-proxy --cleanup`` needs ``ipset``; `remove_kube_chains`
+  deletes the jumps to them and the chains itself.
 - cgroups (v1): ``/<node>`` in every hierarchy, made before the kubelet starts (with
   ``cpuset.cpus``/``cpuset.mems`` copied from the root) and removed bottom-up at stop.
 - links: each node's CNI bridge (its pods' veths go with their network namespaces).
@@ -31,6 +32,7 @@ import structlog
 
 __all__ = [
     "SYSCTLS",
+    "UNROUTED_CHAIN",
     "HostState",
     "cgroup_dirs",
     "delete_link",
@@ -39,6 +41,7 @@ __all__ = [
     "link_exists",
     "make_cgroups",
     "read_sysctl",
+    "reject_unrouted",
     "remove_cgroups",
     "remove_kube_chains",
     "write_sysctl",
@@ -191,6 +194,52 @@ def remove_kube_chains() -> None:
             if proc.returncode != 0:
                 raise RuntimeError(f"{tool}-restore ({table}) failed: {proc.stderr.strip()}")
             log.info("iptables chains removed", tool=tool, table=table, chains=len(chains))
+
+
+UNROUTED_CHAIN = "KUBE-KAITO-UNROUTED"
+
+
+def reject_unrouted(service_cidr: str, cluster_cidr: str, bridges: str) -> None:
+    """Refuse connections to a ClusterIP kube-proxy did not translate, or to a pod IP no
+    node's bridge (``bridges``: an iptables interface pattern) carries, as a real
+    cluster's network would drop them.
+
+    Why: on a real network such a packet goes to the default gateway and is lost, and the
+    client retries. Behind this host's default route sits an egress proxy that answers
+    every TCP connection (an empty HTTP 404 on any port), so a packet that slipped past
+    kube-proxy (a ClusterIP it has not translated) got a stranger's answer, and a
+    keep-alive client kept talking to that stranger. Rejected, the client sees
+    "connection refused", as for a Service without endpoints, and tries again.
+
+    The chain is filter's (after nat's DNAT: a translated packet no longer has a
+    ClusterIP destination), appended to OUTPUT (the host's own clients) and FORWARD
+    (pods), after kube-proxy's own REJECTs of Services without endpoints: its counters
+    count only what kube-proxy did not know. Idempotent, so a restarted kube-proxy
+    re-installs it. Its ``KUBE-`` name puts it under `remove_kube_chains` and
+    `kube_chains` (the leak checks).
+    """
+    rules = [
+        f"-A {UNROUTED_CHAIN} -d {service_cidr} -j REJECT",
+        # Not after a DNAT: in OUTPUT, ``-o`` still names the device routed to before
+        # the DNAT (the default route's), not the pod's bridge the packet now goes to.
+        f"-A {UNROUTED_CHAIN} -d {cluster_cidr} -m conntrack ! --ctstate DNAT"
+        f" ! -o {bridges} -j REJECT",
+    ]
+    script = ["*filter", f":{UNROUTED_CHAIN} - [0:0]", *rules, "COMMIT\n"]
+    proc = subprocess.run(
+        ["iptables-restore", "--noflush"],
+        input="\n".join(script),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"iptables-restore ({UNROUTED_CHAIN}) failed: {proc.stderr.strip()}")
+    for hook in ("OUTPUT", "FORWARD"):
+        jump = [hook, "-j", UNROUTED_CHAIN]
+        if subprocess.run(["iptables", "-C", *jump], capture_output=True, check=False).returncode:
+            subprocess.run(["iptables", "-A", *jump], capture_output=True, text=True, check=True)
+    log.info("unrouted cluster traffic rejected", services=service_cidr, pods=cluster_cidr)
 
 
 # -- cgroups ----------------------------------------------------------------------------

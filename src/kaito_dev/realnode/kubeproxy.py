@@ -6,6 +6,8 @@ namespace (it touches no kubelet paths); ``--hostname-override`` names one real 
 (kube-proxy reads that Node's IP). Stopping it leaves its ``KUBE-*`` chains and
 ``route_localnet`` behind: `kaito_dev.realnode.hoststate.HostState.restore` removes
 and restores them once the kubelets are gone too (``kube-proxy --cleanup`` needs ipset).
+Once healthy, it also gets `kaito_dev.realnode.hoststate.reject_unrouted`: what escapes
+its rules is refused, as on a real network, instead of answered by this host's egress.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import structlog
 
-from kaito_dev.controlplane import ensure_binaries, free_port, stop_pids
-from kaito_dev.realnode.node import CLUSTER_CIDR, PATH_ENV, NodeBootError
+from kaito_dev.controlplane import SERVICE_CIDR, ensure_binaries, free_port, stop_pids
+from kaito_dev.realnode.hoststate import reject_unrouted
+from kaito_dev.realnode.node import BRIDGE_PREFIX, CLUSTER_CIDR, PATH_ENV, NodeBootError
 
 __all__ = ["KubeProxy"]
 
@@ -92,6 +95,7 @@ class KubeProxy:
                 self.stop()
                 raise NodeBootError(f"kube-proxy not healthy after {timeout:.0f}s:\n{self._tail()}")
             time.sleep(0.1)
+        reject_unrouted(SERVICE_CIDR, str(CLUSTER_CIDR), f"{BRIDGE_PREFIX}+")
         log.info("kube-proxy up", seconds=round(time.monotonic() - t0, 2), pid=self.pid)
         return self
 

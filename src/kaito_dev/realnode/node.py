@@ -324,8 +324,11 @@ def kubelet_args(node: RealNode, bin_dir: Path) -> list[str]:
 # -- boot -------------------------------------------------------------------------------
 
 
+BRIDGE_PREFIX = "kbr-"
+
+
 def bridge_name(name: str) -> str:
-    return "kbr-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return BRIDGE_PREFIX + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def boot(

@@ -3,15 +3,18 @@
 Real all the way: the real scheduler places a pod requesting ``nvidia.com/gpu`` on the
 node whose device plugin advertises it, that node's kubelet pulls the image from a local
 registry through containerd and starts it with the plugin's env; a ClusterIP answers on
-the host through kube-proxy's iptables rules; the teardown leaves nothing on the host.
+the host through kube-proxy's iptables rules, and what they do not route is refused; the
+teardown leaves nothing on the host.
 The tests run in file order on one module-scoped cluster (conftest.py); the last one
 tears it down and checks.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +24,11 @@ from typing import Any
 
 import pytest
 
+from kaito_dev.controlplane import SERVICE_CIDR
 from kaito_dev.realnode import check_torn_down, leftovers
 from kaito_dev.realnode.deviceplugin import EMULATED_GPU_ENV
+from kaito_dev.realnode.hoststate import UNROUTED_CHAIN, reject_unrouted
+from kaito_dev.realnode.node import BRIDGE_PREFIX, CLUSTER_CIDR
 
 from .conftest import CPU_NODE, GPU_NODE, RealCluster
 
@@ -194,6 +200,63 @@ def test_cluster_ip_answers_on_the_host_through_kube_proxy(real_cluster: RealClu
             time.sleep(0.2)
     assert answer.startswith("hello from web"), f"http://{cluster_ip}/: {last}"
     real_cluster.timings["ClusterIP answers after pod Ready"] = round(time.monotonic() - t1, 2)
+
+
+def connect(ip: str, port: int) -> str:
+    """What a TCP client meets at ``ip:port``: ``refused``, ``connected`` or the error."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect((ip, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as e:
+            return repr(e)
+        return "connected"
+
+
+def test_what_kube_proxy_does_not_route_is_refused(real_cluster: RealCluster) -> None:
+    """Without `reject_unrouted` each of these connects: this host's egress proxy answers
+    any TCP connection (HTTP 404), where a real network would drop the packet."""
+    kubectl(
+        real_cluster,
+        "create",
+        "service",
+        "clusterip",
+        "empty",
+        "--tcp=80:8080",
+    )
+    empty_ip = get(real_cluster, "service", "empty")["spec"]["clusterIP"]
+    taken = {s["spec"]["clusterIP"] for s in get(real_cluster, "services", "-A")["items"]}
+    unallocated = next(
+        str(ip) for ip in reversed(list(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+        if str(ip) not in taken
+    )  # fmt: skip
+    no_bridge = str(CLUSTER_CIDR[250 * 256 + 9])  # on no node's subnet
+    web_ip = get(real_cluster, "service", "web")["spec"]["clusterIP"]
+    deadline = time.monotonic() + 30  # kube-proxy syncs the new Service (its REJECT)
+    while connect(empty_ip, 80) != "refused" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = {
+        "Service without endpoints": connect(empty_ip, 80),
+        "unallocated ClusterIP": connect(unallocated, 80),
+        "unallocated ClusterIP, another port": connect(unallocated, 5000),
+        "pod IP on no node": connect(no_bridge, 5000),
+        "a routed ClusterIP": connect(web_ip, 80),
+    }
+    assert seen == {
+        "Service without endpoints": "refused",
+        "unallocated ClusterIP": "refused",
+        "unallocated ClusterIP, another port": "refused",
+        "pod IP on no node": "refused",
+        "a routed ClusterIP": "connected",
+    }
+    # A restarted kube-proxy installs it again: still one jump per hook.
+    reject_unrouted(SERVICE_CIDR, str(CLUSTER_CIDR), f"{BRIDGE_PREFIX}+")
+    rules = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True)
+    jumps = [ln for ln in rules.stdout.splitlines() if ln.endswith(f"-j {UNROUTED_CHAIN}")]
+    assert sorted(jumps) == [f"-A FORWARD -j {UNROUTED_CHAIN}", f"-A OUTPUT -j {UNROUTED_CHAIN}"]
+    kubectl(real_cluster, "delete", "service", "empty")
 
 
 def test_teardown_leaves_nothing_on_the_host(real_cluster: RealCluster) -> None:
