@@ -23,7 +23,17 @@ from . import logs
 from .config import ConfigError, Settings, parse_settings
 from .emulated_gpu import adapt_for_emulated_gpu
 from .engines import create_engine
-from .group import BOOT_ID, JOINED, JOINING, WAITING, Group, GroupWatch, make_group
+from .group import (
+    BOOT_ID,
+    JOINED,
+    JOINING,
+    WAITING,
+    WORKERS_EXITED,
+    Group,
+    GroupWatch,
+    make_group,
+    write_termination_message,
+)
 from .server import Server
 from .threads import end_children, in_daemon_thread
 
@@ -165,6 +175,7 @@ async def serve_group_worker(settings: Settings, group: Group) -> int:
         if work.done():
             error = work.exception()
             log.error("group workers exited", rank=group.rank, error=repr(error))
+            write_termination_message(f"{WORKERS_EXITED}: rank {group.rank}: {error}")
             code = 1
         else:
             work.cancel()  # its thread ends with the executor (below) or is abandoned

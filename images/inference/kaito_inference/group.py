@@ -32,6 +32,9 @@ other once a second:
   loading or serving, so kubelet restarts it at once; a head still loading must not
   wait out its startup probe.
 
+- A worker whose own vLLM workers die writes ``GroupWorkersExited`` (which, with what
+  exit code) and exits 1; rank 0 then loses it as above.
+
 Each failure thus restarts each rank at most once more and the group converges, as long
 as a healthy peer answers within `LOST_AFTER_S`.
 """
@@ -61,6 +64,9 @@ LOST_AFTER_S = 20.0
 """A bound peer with no healthy answer for this long is lost. A restart is caught at
 once by its new boot id; this catches a peer that is gone or hung, and must outlast the
 pauses of a node busy compiling the model on shared CPUs (5 s did not, on 2 cores)."""
+
+WORKERS_EXITED = "GroupWorkersExited"
+"""The reason a worker rank gives when its vLLM worker processes exit on their own."""
 
 TERMINATION_LOG_ENV = "KAITO_TERMINATION_LOG"
 """Where the reason a rank gives up is written (default: kubelet's termination log)."""

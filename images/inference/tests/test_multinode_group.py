@@ -9,13 +9,14 @@ answers), streaming must work. A restarted rank 1 (a new process at the same add
 as kubelet restarts a container) must make rank 0 exit, leaving the reason for the
 controller; restarted in turn, rank 0 takes in the new worker and the group answers the
 same. A rank 0 that is lost (SIGKILL to its process group: a pod lost) makes the worker
-exit the same way.
+exit the same way; so does a worker whose own vLLM worker process is killed, naming it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,32 @@ def test_a_worker_whose_rank0_is_lost_exits_and_says_why(group: GroupProcesses) 
     message = group.termination_log(1).read_text()
     assert message.startswith("GroupHeadLost: rank 0 (127.0.0.1:"), message
     assert "no healthy answer for" in message, message
+
+
+def test_a_worker_whose_vllm_workers_die_exits_and_says_why(group: GroupProcesses) -> None:
+    group.start()  # the previous test left both ranks down: kubelet restarts them
+    assert group.worker.proc is not None
+    workers = vllm_workers(group.worker.proc.pid)
+    assert workers, "rank 1 runs no vLLM worker process"
+    os.kill(workers[0], signal.SIGKILL)
+    assert group.worker.wait_exit(EXIT_MARGIN_S) == 1
+    message = group.termination_log(1).read_text()
+    assert message.startswith("GroupWorkersExited: rank 1: vLLM's workers exited: "), message
+    assert "(exit code -9)" in message, message
+
+
+def vllm_workers(pid: int) -> list[int]:
+    """The processes vLLM's executor started under ``pid`` (its resource tracker aside)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in cmdline:
+            children.append(int(stat.parent.name))
+    return sorted(children)
 
 
 def wait_for(

@@ -132,7 +132,8 @@ class VLLMEngine(Engine):
         )
 
     def run_group_worker(self, joined: threading.Event) -> None:
-        """Rank > 0 of a group: run this node's vLLM workers until they exit (blocking).
+        """Rank > 0 of a group: run this node's vLLM workers until one exits (blocking),
+        then raise, saying which and how.
 
         What ``vllm serve --headless`` does on a worker node: the multiprocessing
         executor starts the node's workers, which join rank 0's torch.distributed group
@@ -156,9 +157,15 @@ class VLLMEngine(Engine):
         )
         joined.set()
         try:
-            executor.start_worker_monitor(inline=True)
+            executor.start_worker_monitor(inline=True)  # returns once a worker died
+            dead = [
+                f"{handle.proc.name} (exit code {handle.proc.exitcode})"
+                for handle in executor.workers
+                if handle.proc.exitcode is not None
+            ]
         finally:
             executor.shutdown()
+        raise RuntimeError(f"vLLM's workers exited: {', '.join(dead) or 'the executor stopped'}")
 
     async def stop(self) -> None:
         if self._executor is not None:
