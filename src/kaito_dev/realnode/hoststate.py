@@ -165,6 +165,19 @@ def kube_chains() -> list[str]:
     ]
 
 
+def _restore(tool: str, script: list[str], *, what: str) -> None:
+    """``<tool>-restore --noflush`` of ``script``'s lines (chains it does not name stay)."""
+    proc = subprocess.run(
+        [f"{tool}-restore", "--noflush"],
+        input="\n".join(script),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tool}-restore ({what}) failed: {proc.stderr.strip()}")
+
+
 def remove_kube_chains() -> None:
     """Delete the jumps into ``KUBE-*`` chains, then flush and delete the chains."""
     for tool in IPTABLES:
@@ -184,15 +197,7 @@ def remove_kube_chains() -> None:
             script += [f":{c} - [0:0]" for c in chains]  # declaring a chain flushes it
             script += [f"-X {c}" for c in chains]
             script.append("COMMIT\n")
-            proc = subprocess.run(
-                [f"{tool}-restore", "--noflush"],
-                input="\n".join(script),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"{tool}-restore ({table}) failed: {proc.stderr.strip()}")
+            _restore(tool, script, what=table)
             log.info("iptables chains removed", tool=tool, table=table, chains=len(chains))
 
 
@@ -225,16 +230,8 @@ def reject_unrouted(service_cidr: str, cluster_cidr: str, bridges: str) -> None:
         f"-A {UNROUTED_CHAIN} -d {cluster_cidr} -m conntrack ! --ctstate DNAT"
         f" ! -o {bridges} -j REJECT",
     ]
-    script = ["*filter", f":{UNROUTED_CHAIN} - [0:0]", *rules, "COMMIT\n"]
-    proc = subprocess.run(
-        ["iptables-restore", "--noflush"],
-        input="\n".join(script),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"iptables-restore ({UNROUTED_CHAIN}) failed: {proc.stderr.strip()}")
+    _restore("iptables", ["*filter", f":{UNROUTED_CHAIN} - [0:0]", *rules, "COMMIT\n"],
+             what=UNROUTED_CHAIN)  # fmt: skip
     for hook in ("OUTPUT", "FORWARD"):
         jump = [hook, "-j", UNROUTED_CHAIN]
         if subprocess.run(["iptables", "-C", *jump], capture_output=True, check=False).returncode:
