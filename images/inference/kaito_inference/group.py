@@ -31,7 +31,6 @@ other once a second:
   (``GroupRankLost`` on rank 0, ``GroupHeadLost`` on a worker) and exits 1, whether
   loading or serving, so kubelet restarts it at once; a head still loading must not
   wait out its startup probe.
-
 - A worker whose own vLLM workers die writes ``GroupWorkersExited`` (which, with what
   exit code) and exits 1; rank 0 then loses it as above.
 
