@@ -436,8 +436,8 @@ async def checks(state: ControlPlaneState, prev: dict[str, Any], tmp: Path, say:
 
         async def pause(lease: str) -> tuple[str, float]:
             # Stopped just before a renewal is due, and resumed as soon as the Lease is
-            # taken: the kubelet's liveness probe (3 x 10 s, 1 s timeout) kills a stopped
-            # container 21-31 s after the stop, and the exit must be the controller's own.
+            # taken: the kubelet's liveness probe (3 x 20 s, 1 s timeout) kills a stopped
+            # container 41-61 s after the stop, and the exit must be the controller's own.
             await renewed(client, lease)
             await asyncio.sleep(RETRY * 0.75)
             stopped_at = time.time()
