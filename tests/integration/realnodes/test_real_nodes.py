@@ -216,8 +216,9 @@ def connect(ip: str, port: int) -> str:
 
 
 def test_what_kube_proxy_does_not_route_is_refused(real_cluster: RealCluster) -> None:
-    """Without `reject_unrouted` each of these connects: this host's egress proxy answers
-    any TCP connection (HTTP 404), where a real network would drop the packet."""
+    """kube-proxy itself refuses a Service without endpoints. Without `reject_unrouted`
+    the unallocated ClusterIP and the pod IP on no node would connect: this host's egress
+    proxy answers any TCP connection (HTTP 404), where a real network drops the packet."""
     kubectl(
         real_cluster,
         "create",
